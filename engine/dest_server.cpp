@@ -1,0 +1,81 @@
+#include "engine/dest_server.hpp"
+
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace nbdtunnel::engine {
+
+DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOptions options)
+    : io_(io), ring_(ring), options_(std::move(options)) {}
+
+bool DestServer::start(std::string& error) {
+  tunnel::unique_fd fd = tunnel::listen_tcp(options_.listen, error);
+  if (!fd) return false;
+  bound_ = tunnel::local_endpoint(fd.get());
+  acceptor_ = std::make_unique<tunnel::Acceptor>(
+      ring_, std::move(fd), [this](tunnel::unique_fd c, int e) { on_accept(std::move(c), e); });
+  acceptor_->start();
+  spdlog::info("listening on {}", bound_);
+  for (const auto& [name, path] : options_.targets) {
+    spdlog::info("target '{}' is {}", name, path);
+  }
+  return true;
+}
+
+std::optional<std::string> DestServer::resolve_target(const std::string& name,
+                                                      std::string& error) const {
+  auto it = options_.targets.find(name);
+  if (it == options_.targets.end()) {
+    std::string known;
+    for (const auto& [n, p] : options_.targets) known += (known.empty() ? "" : ", ") + n;
+    error = fmt::format("unknown target '{}' (this destination serves: {})", name,
+                        known.empty() ? "none" : known);
+    return std::nullopt;
+  }
+  return it->second;
+}
+
+void DestServer::on_accept(tunnel::unique_fd client, int error) {
+  if (!client) {
+    spdlog::warn("accept on {} failed: {}", bound_, std::strerror(error));
+    return;
+  }
+  const std::string peer = tunnel::peer_endpoint(client.get());
+  spdlog::info("channel from {} accepted", peer);
+  tunnel::ChannelEvents events;
+  events.resolve_target = [this](const std::string& name, std::string& err) {
+    return resolve_target(name, err);
+  };
+  events.on_closed = [this, peer](tunnel::Channel& ch, const std::string& reason) {
+    spdlog::info("channel from {} closed: {}", peer, reason);
+    channels_.erase(&ch);  // on_closed runs from a posted handler: destroying the channel is safe
+    maybe_stopped();
+  };
+  auto channel = std::make_unique<tunnel::Channel>(io_, ring_, std::move(client),
+                                                   tunnel::Channel::Role::responder, peer,
+                                                   options_.channel, std::move(events));
+  tunnel::Channel* raw = channel.get();
+  channels_.emplace(raw, std::move(channel));
+  raw->start();
+}
+
+void DestServer::stop(std::function<void()> done) {
+  on_stopped_ = std::move(done);
+  if (acceptor_) acceptor_->stop();
+  std::vector<tunnel::Channel*> open;
+  for (auto& [raw, ch] : channels_) open.push_back(raw);
+  for (auto* ch : open) ch->close("destination is shutting down");
+  maybe_stopped();
+}
+
+void DestServer::maybe_stopped() {
+  if (on_stopped_ && channels_.empty()) {
+    auto done = std::move(on_stopped_);
+    on_stopped_ = nullptr;
+    done();
+  }
+}
+
+}  // namespace nbdtunnel::engine

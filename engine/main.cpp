@@ -1,0 +1,214 @@
+// The nbdtunnel command: `dest`, `source` (and, later, `migrate`).
+
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "engine/cli_values.hpp"
+#include "engine/dest_server.hpp"
+#include "engine/host_identity.hpp"
+#include "engine/source_forwarder.hpp"
+
+namespace {
+
+using namespace nbdtunnel;
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+
+struct CommonOptions {
+  std::string log_level = "info";
+  double handshake_timeout = 10;
+  double keepalive_interval = 5;
+  std::uint32_t window = 2u << 20;
+  std::uint32_t chunk = 256u << 10;
+  std::string host_id;
+};
+
+void add_common(CLI::App* cmd, CommonOptions& o) {
+  cmd->add_option("--log-level", o.log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
+      ->capture_default_str();
+  cmd->add_option("--handshake-timeout", o.handshake_timeout,
+                  "seconds a new channel may take to exchange HELLO before it is dropped")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  cmd->add_option("--keepalive-interval", o.keepalive_interval,
+                  "seconds between keepalive PINGs on an idle channel; a peer silent for 6 "
+                  "intervals is dropped")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  cmd->add_option("--window", o.window, "receive window per stream and direction, in bytes")
+      ->check(CLI::Range(tunnel::kMinWindow, tunnel::kMaxWindow))
+      ->capture_default_str();
+  cmd->add_option("--chunk", o.chunk, "largest payload of one STREAM packet, in bytes")
+      ->check(CLI::Range(std::uint32_t{4096}, static_cast<std::uint32_t>(tunnel::kMaxStreamPayload)))
+      ->capture_default_str();
+  cmd->add_option("--host-id", o.host_id,
+                  "identity sent to the peer (default: /etc/machine-id)");
+}
+
+tunnel::ChannelConfig channel_config(const CommonOptions& o) {
+  tunnel::ChannelConfig c;
+  c.window = o.window;
+  c.chunk = std::min(o.chunk, o.window);
+  c.handshake_timeout = std::chrono::milliseconds(static_cast<long>(o.handshake_timeout * 1000));
+  c.keepalive_interval =
+      std::chrono::milliseconds(static_cast<long>(o.keepalive_interval * 1000));
+  c.host_id = o.host_id.empty() ? engine::machine_id() : o.host_id;
+  c.hostname = engine::host_name();
+  return c;
+}
+
+void setup_logging(const std::string& level) {
+  auto logger = spdlog::stderr_color_mt("nbdtunnel");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_level(spdlog::level::from_str(level));
+  spdlog::flush_on(spdlog::level::trace);
+}
+
+// Runs a role until SIGINT/SIGTERM, then stops it and waits (bounded) for its I/O to finish.
+template <class Role, class Options>
+int run_role(Options options) {
+  boost::asio::io_context io;
+  std::unique_ptr<tunnel::Ring> ring;
+  try {
+    ring = std::make_unique<tunnel::Ring>(io);
+  } catch (const std::exception& e) {
+    spdlog::error("cannot set up io_uring: {} (is io_uring disabled by kernel.io_uring_disabled?)",
+                  e.what());
+    return kExitFailed;
+  }
+  Role role(io, *ring, std::move(options));
+  std::string error;
+  if (!role.start(error)) {
+    spdlog::error("{}", error);
+    return kExitUsage;
+  }
+  bool stopped = false;
+  std::chrono::steady_clock::time_point deadline{};
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    role.stop([&] { stopped = true; });
+  });
+  for (;;) {
+    io.run_one_for(std::chrono::milliseconds(200));
+    if (stopped && ring->in_flight() == 0) break;
+    if (deadline != std::chrono::steady_clock::time_point{} &&
+        std::chrono::steady_clock::now() > deadline) {
+      spdlog::warn("shutdown did not finish in 5 s; exiting anyway");
+      break;
+    }
+  }
+  spdlog::info("stopped");
+  return kExitOk;
+}
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "nbdtunnel: %s\nRun with --help for more information.\n", message.c_str());
+  return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::signal(SIGPIPE, SIG_IGN);
+  CLI::App app{
+      "nbdtunnel carries QEMU's NBD (disk mirror) and migration connections between two hosts\n"
+      "over one multiplexed, flow-controlled channel framed like libvirt's RPC protocol.\n"
+      "Run `nbdtunnel dest` on the destination host and `nbdtunnel source` on the source host."};
+  app.set_version_flag("--version", std::string("nbdtunnel ") + NBDTUNNEL_VERSION);
+  app.require_subcommand(1);
+  app.footer("Run `nbdtunnel COMMAND --help` for the options of one command.");
+
+  CommonOptions dest_common;
+  std::string listen;
+  std::vector<std::string> targets;
+  CLI::App* dest = app.add_subcommand(
+      "dest",
+      "Destination daemon: accept channels on TCP and connect each stream to a named target "
+      "socket (e.g. the destination QEMU's NBD server socket).");
+  dest->add_option("--listen", listen, "HOST:PORT to listen on (port 0 picks a free port)")
+      ->required();
+  dest->add_option("--target", targets,
+                   "NAME=PATH: streams opened for NAME are connected to the UNIX socket PATH, "
+                   "at the moment they open (PATH may appear later)")
+      ->required();
+  add_common(dest, dest_common);
+
+  CommonOptions source_common;
+  std::string connect;
+  std::vector<std::string> forwards;
+  std::string socket_mode = "0600";
+  CLI::App* source = app.add_subcommand(
+      "source",
+      "Source side: listen on local UNIX sockets and carry every accepted connection as one "
+      "stream over a single channel to `nbdtunnel dest`.");
+  source->add_option("--connect", connect, "HOST:PORT of the destination daemon")->required();
+  source->add_option("--forward", forwards,
+                     "PATH=NAME: listen on the UNIX socket PATH; connections go to target NAME "
+                     "on the destination")
+      ->required();
+  source->add_option("--socket-mode", socket_mode, "permissions of the created sockets (octal)")
+      ->capture_default_str();
+  add_common(source, source_common);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  }
+
+  std::string error;
+  if (dest->parsed()) {
+    engine::DestOptions o;
+    auto ep = tunnel::parse_endpoint(listen, error);
+    if (!ep) return usage_error("--listen: " + error);
+    o.listen = *ep;
+    for (const std::string& t : targets) {
+      auto kv = engine::parse_target(t, error);
+      if (!kv) return usage_error(error);
+      if (!o.targets.emplace(kv->first, kv->second).second) {
+        return usage_error("--target '" + kv->first + "' is given twice");
+      }
+    }
+    o.channel = channel_config(dest_common);
+    setup_logging(dest_common.log_level);
+    return run_role<engine::DestServer>(std::move(o));
+  }
+
+  engine::SourceOptions o;
+  auto ep = tunnel::parse_endpoint(connect, error);
+  if (!ep) return usage_error("--connect: " + error);
+  o.connect = *ep;
+  std::map<std::string, bool> seen;
+  for (const std::string& f : forwards) {
+    auto kv = engine::parse_forward(f, error);
+    if (!kv) return usage_error(error);
+    if (seen[kv->first]) return usage_error("--forward path '" + kv->first + "' is given twice");
+    seen[kv->first] = true;
+    o.forwards.push_back({kv->first, kv->second});
+  }
+  auto mode = engine::parse_mode(socket_mode, error);
+  if (!mode) return usage_error(error);
+  o.socket_mode = *mode;
+  o.channel = channel_config(source_common);
+  setup_logging(source_common.log_level);
+  return run_role<engine::SourceForwarder>(std::move(o));
+}

@@ -1,0 +1,174 @@
+#include "engine/source_forwarder.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace nbdtunnel::engine {
+
+SourceForwarder::SourceForwarder(boost::asio::io_context& io, tunnel::Ring& ring,
+                                 SourceOptions options)
+    : io_(io),
+      ring_(ring),
+      options_(std::move(options)),
+      connect_timer_(io),
+      backoff_timer_(io) {
+  connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
+}
+
+SourceForwarder::~SourceForwarder() {
+  for (const std::string& p : created_paths_) ::unlink(p.c_str());
+}
+
+bool SourceForwarder::start(std::string& error) {
+  for (const Forward& f : options_.forwards) {
+    tunnel::unique_fd fd = tunnel::listen_unix(f.path, options_.socket_mode, error);
+    if (!fd) {
+      for (const std::string& p : created_paths_) ::unlink(p.c_str());
+      created_paths_.clear();
+      acceptors_.clear();
+      return false;
+    }
+    created_paths_.push_back(f.path);
+    acceptors_.push_back(std::make_unique<tunnel::Acceptor>(
+        ring_, std::move(fd),
+        [this, &f](tunnel::unique_fd c, int e) { on_accept(f, std::move(c), e); }));
+    spdlog::info("forwarding {} to target {}", f.path, f.target);
+  }
+  for (auto& a : acceptors_) a->start();
+  connect();
+  return true;
+}
+
+void SourceForwarder::connect() {
+  if (stopping_) return;
+  addresses_ = tunnel::resolve(options_.connect, last_error_);
+  if (addresses_.empty()) {
+    spdlog::warn("cannot connect to {}: {}", options_.connect.to_string(), last_error_);
+    schedule_reconnect();
+    return;
+  }
+  try_address(0);
+}
+
+void SourceForwarder::try_address(std::size_t index) {
+  address_index_ = index;
+  const tunnel::ResolvedAddress& a = addresses_[index];
+  connecting_.reset(::socket(a.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!connecting_) {
+    on_connect(-errno);
+    return;
+  }
+  io_uring_sqe* sqe = ring_.prepare(connect_op_);
+  io_uring_prep_connect(sqe, connecting_.get(), reinterpret_cast<const sockaddr*>(&a.addr), a.len);
+  connect_timer_.expires_after(options_.connect_timeout);
+  connect_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec && connect_op_.busy()) ring_.cancel(connect_op_);
+  });
+}
+
+void SourceForwarder::on_connect(int res) {
+  connect_timer_.cancel();
+  if (stopping_) {
+    connecting_.reset();
+    maybe_stopped();
+    return;
+  }
+  if (res < 0) {
+    last_error_ = res == -ECANCELED ? std::string("timed out") : std::strerror(-res);
+    connecting_.reset();
+    if (address_index_ + 1 < addresses_.size()) {
+      try_address(address_index_ + 1);
+      return;
+    }
+    spdlog::warn("cannot connect to {}: {}", options_.connect.to_string(), last_error_);
+    schedule_reconnect();
+    return;
+  }
+  const std::string peer = options_.connect.to_string();
+  tunnel::ChannelEvents events;
+  events.on_ready = [this, peer](const tunnel::Hello& hello) {
+    was_ready_ = true;
+    backoff_ = std::chrono::milliseconds(100);
+    spdlog::info("channel connected to {} (destination host '{}')", peer, hello.hostname);
+  };
+  events.on_closed = [this](tunnel::Channel&, const std::string& reason) {
+    on_channel_closed(reason);
+  };
+  channel_ = std::make_unique<tunnel::Channel>(io_, ring_, std::move(connecting_),
+                                               tunnel::Channel::Role::initiator, peer,
+                                               options_.channel, std::move(events));
+  was_ready_ = false;
+  channel_->start();
+}
+
+void SourceForwarder::on_channel_closed(const std::string& reason) {
+  // Runs from a posted handler (see ChannelEvents::on_closed): destroying the channel is safe.
+  channel_.reset();
+  if (stopping_) {
+    maybe_stopped();
+    return;
+  }
+  if (was_ready_) {
+    spdlog::warn("channel lost to {}: {}; its local connections were closed",
+                 options_.connect.to_string(), reason);
+  } else {
+    spdlog::warn("channel to {} failed before it was ready: {}", options_.connect.to_string(),
+                 reason);
+  }
+  schedule_reconnect();
+}
+
+void SourceForwarder::schedule_reconnect() {
+  if (stopping_) {
+    maybe_stopped();
+    return;
+  }
+  spdlog::info("reconnecting to {} in {} ms", options_.connect.to_string(), backoff_.count());
+  backoff_timer_.expires_after(backoff_);
+  backoff_ = std::min(backoff_ * 2, options_.max_backoff);
+  backoff_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) connect();
+  });
+}
+
+void SourceForwarder::on_accept(const Forward& f, tunnel::unique_fd client, int error) {
+  if (!client) {
+    spdlog::warn("accept on {} failed: {}", f.path, std::strerror(error));
+    return;
+  }
+  if (!channel_ || !channel_->ready()) {
+    spdlog::warn("closing new connection on {}: the channel to {} is down ({})", f.path,
+                 options_.connect.to_string(), last_error_.empty() ? "connecting" : last_error_);
+    return;
+  }
+  channel_->open_stream(std::move(client), f.target, f.path);
+}
+
+void SourceForwarder::stop(std::function<void()> done) {
+  stopping_ = true;
+  on_stopped_ = std::move(done);
+  backoff_timer_.cancel();
+  connect_timer_.cancel();
+  for (auto& a : acceptors_) a->stop();
+  if (connect_op_.busy()) ring_.cancel(connect_op_);
+  if (channel_) channel_->close("source is shutting down");
+  maybe_stopped();
+}
+
+void SourceForwarder::maybe_stopped() {
+  if (!on_stopped_ || channel_ || connect_op_.busy()) return;
+  for (const std::string& p : created_paths_) ::unlink(p.c_str());
+  created_paths_.clear();
+  auto done = std::move(on_stopped_);
+  on_stopped_ = nullptr;
+  done();
+}
+
+}  // namespace nbdtunnel::engine

@@ -1,0 +1,556 @@
+#include "tunnel/channel.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <boost/asio/post.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "tunnel/packet.hpp"
+
+namespace nbdtunnel::tunnel {
+
+namespace {
+constexpr std::size_t kReadBuffer = 4u << 20;
+constexpr std::size_t kMaxIov = 64;
+// Control packets we queue but the peer does not read: past this, the peer is not keeping up.
+constexpr std::size_t kMaxControlBytes = 8u << 20;
+
+PacketHeader header(std::uint32_t program, std::uint32_t proc, PacketType type,
+                    std::uint32_t serial, PacketStatus status) {
+  return PacketHeader{0,
+                      program,
+                      program == kKeepaliveProgram ? kKeepaliveVersion : kProgramVersion,
+                      proc,
+                      static_cast<std::uint32_t>(type),
+                      serial,
+                      static_cast<std::uint32_t>(status)};
+}
+}  // namespace
+
+Channel::Channel(boost::asio::io_context& io, Ring& ring, unique_fd socket, Role role,
+                 std::string peer, ChannelConfig config, ChannelEvents events)
+    : io_(io),
+      ring_(ring),
+      socket_(std::move(socket)),
+      role_(role),
+      peer_(std::move(peer)),
+      config_(std::move(config)),
+      events_(std::move(events)),
+      rbuf_(kReadBuffer),
+      iov_(kMaxIov),
+      handshake_timer_(io),
+      keepalive_timer_(io) {
+  read_op_.set_handler([this](int res, std::uint32_t) { on_read(res); });
+  write_op_.set_handler([this](int res, std::uint32_t) { on_write(res); });
+  const int one = 1;
+  ::setsockopt(socket_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+Channel::~Channel() { *alive_ = false; }
+
+void Channel::start() {
+  last_rx_ = std::chrono::steady_clock::now();
+  start_timers();
+  arm_read();
+  if (role_ == Role::initiator) {
+    hello_serial_ = next_serial_++;
+    std::vector<std::uint8_t> body;
+    encode_hello(body, local_hello());
+    send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::hello), PacketType::call,
+                       hello_serial_, PacketStatus::ok),
+                body);
+  }
+}
+
+Hello Channel::local_hello() const {
+  Hello h;
+  h.host_id = config_.host_id;
+  h.hostname = config_.hostname;
+  h.window = config_.window;
+  h.max_payload = config_.chunk;
+  return h;
+}
+
+void Channel::start_timers() {
+  std::weak_ptr<bool> alive = alive_;
+  handshake_timer_.expires_after(config_.handshake_timeout);
+  handshake_timer_.async_wait([this, alive](const boost::system::error_code& ec) {
+    if (ec || alive.expired() || closing_ || hello_done_) return;
+    fail(fmt::format("no HELLO within {} ms", config_.handshake_timeout.count()));
+  });
+  keepalive_timer_.expires_after(config_.keepalive_interval);
+  keepalive_timer_.async_wait([this, alive](const boost::system::error_code& ec) {
+    if (ec || alive.expired() || closing_) return;
+    on_keepalive_tick();
+  });
+}
+
+void Channel::on_keepalive_tick() {
+  const auto silent = std::chrono::steady_clock::now() - last_rx_;
+  if (silent >= config_.keepalive_interval * config_.keepalive_count) {
+    fail(fmt::format("peer silent for {} s (no data, no keepalive)",
+                     std::chrono::duration_cast<std::chrono::seconds>(silent).count()));
+    return;
+  }
+  if (silent >= config_.keepalive_interval && hello_done_) {
+    send_packet(header(kKeepaliveProgram, static_cast<std::uint32_t>(KeepaliveProc::ping),
+                       PacketType::message, 0, PacketStatus::ok));
+  }
+  std::weak_ptr<bool> alive = alive_;
+  keepalive_timer_.expires_after(config_.keepalive_interval);
+  keepalive_timer_.async_wait([this, alive](const boost::system::error_code& ec) {
+    if (ec || alive.expired() || closing_) return;
+    on_keepalive_tick();
+  });
+}
+
+// ---- Read side ----
+
+void Channel::arm_read() {
+  if (closing_ || read_op_.busy()) return;
+  io_uring_sqe* sqe = ring_.prepare(read_op_);
+  io_uring_prep_recv(sqe, socket_.get(), rbuf_.data() + rend_, rbuf_.size() - rend_, 0);
+}
+
+void Channel::on_read(int res) {
+  if (closing_) {
+    maybe_finish_close();
+    return;
+  }
+  if (res <= 0) {
+    fail(res == 0 ? "peer closed the connection"
+                  : fmt::format("receive failed: {}", std::strerror(-res)));
+    return;
+  }
+  last_rx_ = std::chrono::steady_clock::now();
+  rend_ += static_cast<std::size_t>(res);
+  while (!closing_) {
+    DecodeResult d = decode_packet(
+        std::span<const std::uint8_t>(rbuf_.data() + rstart_, rend_ - rstart_), kMaxPacket);
+    if (d.status == DecodeResult::Status::need_more) break;
+    if (d.status == DecodeResult::Status::error) {
+      fail(fmt::format("malformed data from peer: {}", d.error));
+      return;
+    }
+    handle(d.header, d.body);
+    rstart_ += d.consumed;
+  }
+  if (closing_) return;
+  if (rstart_ == rend_) {
+    rstart_ = rend_ = 0;
+  } else if (rbuf_.size() - rend_ < kMaxPacket) {
+    std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
+    rend_ -= rstart_;
+    rstart_ = 0;
+  }
+  arm_read();
+}
+
+void Channel::handle(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  if (std::string e = check_header(h); !e.empty()) {
+    // The frame itself is intact, so only this packet is refused.
+    reject(h, ErrorCode::protocol, e);
+    return;
+  }
+  if (h.program == kKeepaliveProgram) {
+    handle_keepalive(h);
+    return;
+  }
+  if (h.program != kProgram) {
+    reject(h, ErrorCode::unsupported, fmt::format("unknown program {:#x}", h.program));
+    return;
+  }
+  if (h.version != kProgramVersion) {
+    reject(h, ErrorCode::unsupported,
+           fmt::format("program version {} is not supported (this side speaks {})", h.version,
+                       kProgramVersion));
+    return;
+  }
+  const auto type = static_cast<PacketType>(h.type);
+  const auto proc = static_cast<Proc>(h.procedure);
+  if (!hello_done_) {
+    if (role_ == Role::responder && type == PacketType::call && proc == Proc::hello) {
+      handle_hello_call(h, body);
+    } else if (role_ == Role::initiator && type == PacketType::reply && proc == Proc::hello &&
+               h.serial == hello_serial_) {
+      handle_hello_reply(h, body);
+    } else {
+      reject(h, ErrorCode::handshake_required, "HELLO must be the first call on a channel");
+      fail(fmt::format("peer sent {} procedure {} before HELLO", type_name(h.type), h.procedure));
+    }
+    return;
+  }
+  switch (type) {
+    case PacketType::call:
+      if (proc == Proc::domain_migrate_open_tunnel && role_ == Role::responder) {
+        handle_open(h, body);
+      } else if (proc == Proc::hello) {
+        reject(h, ErrorCode::protocol, "HELLO was already exchanged on this channel");
+      } else {
+        reject(h, ErrorCode::unsupported, fmt::format("unknown procedure {}", h.procedure));
+      }
+      return;
+    case PacketType::reply:
+      if (proc == Proc::domain_migrate_open_tunnel && role_ == Role::initiator) {
+        handle_open_reply(h, body);
+      } else {
+        spdlog::warn("{}: ignoring unexpected reply to procedure {} serial {}", peer_,
+                     h.procedure, h.serial);
+      }
+      return;
+    case PacketType::message:
+      if (proc == Proc::stream_credit) {
+        handle_credit(h, body);
+      } else {
+        spdlog::warn("{}: ignoring unknown message procedure {}", peer_, h.procedure);
+      }
+      return;
+    case PacketType::stream:
+      handle_stream(h, body);
+      return;
+  }
+}
+
+void Channel::reject(const PacketHeader& h, ErrorCode code, const std::string& message) {
+  spdlog::warn("{}: refusing {} program {:#x} procedure {} serial {}: {}", peer_,
+               type_name(h.type), h.program, h.procedure, h.serial, message);
+  if (h.type == static_cast<std::uint32_t>(PacketType::call)) {
+    std::vector<std::uint8_t> body;
+    encode_remote_error(body, make_error(code, message));
+    PacketHeader r = h;
+    r.type = static_cast<std::uint32_t>(PacketType::reply);
+    r.status = static_cast<std::uint32_t>(PacketStatus::error);
+    send_packet(r, body);
+  } else if (h.type == static_cast<std::uint32_t>(PacketType::stream) && h.program == kProgram) {
+    send_stream_error(h.serial, make_error(code, message));
+  }
+}
+
+bool Channel::accept_peer_hello(const Hello& peer, std::string& error) {
+  if (peer.version != kProgramVersion) {
+    error = fmt::format("peer speaks protocol version {}, this side speaks {}", peer.version,
+                        kProgramVersion);
+    return false;
+  }
+  peer_hello_ = peer;
+  hello_done_ = true;
+  handshake_timer_.cancel();
+  return true;
+}
+
+void Channel::handle_hello_call(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  Hello peer;
+  std::string error = decode_hello(body, peer);
+  if (error.empty() && accept_peer_hello(peer, error)) {
+    std::vector<std::uint8_t> out;
+    encode_hello(out, local_hello());
+    PacketHeader r = h;
+    r.type = static_cast<std::uint32_t>(PacketType::reply);
+    send_packet(r, out);
+    spdlog::info("{}: channel ready (peer host '{}', id {})", peer_, peer.hostname, peer.host_id);
+    if (events_.on_ready) events_.on_ready(peer_hello_);
+    return;
+  }
+  reject(h, ErrorCode::protocol, "bad HELLO: " + error);
+  fail("bad HELLO: " + error);
+}
+
+void Channel::handle_hello_reply(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  std::string error;
+  if (h.status == static_cast<std::uint32_t>(PacketStatus::error)) {
+    RemoteError e;
+    error = decode_remote_error(body, e);
+    fail("peer refused HELLO: " + (error.empty() ? e.message.value_or("no message") : error));
+    return;
+  }
+  Hello peer;
+  error = decode_hello(body, peer);
+  if (error.empty() && accept_peer_hello(peer, error)) {
+    if (events_.on_ready) events_.on_ready(peer_hello_);
+    return;
+  }
+  fail("bad HELLO reply: " + error);
+}
+
+void Channel::handle_open(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  OpenTunnel open;
+  if (std::string e = decode_open_tunnel(body, open); !e.empty()) {
+    reject(h, ErrorCode::protocol, e);
+    return;
+  }
+  if (h.serial <= max_open_serial_) {
+    reject(h, ErrorCode::protocol, fmt::format("stream serial {} was already used", h.serial));
+    return;
+  }
+  max_open_serial_ = h.serial;
+  if (streams_.size() >= config_.max_streams) {
+    reject(h, ErrorCode::limit,
+           fmt::format("too many streams on this channel (limit {})", config_.max_streams));
+    return;
+  }
+  std::string error;
+  std::optional<std::string> path =
+      events_.resolve_target ? events_.resolve_target(open.target, error) : std::nullopt;
+  if (!path) {
+    reject(h, ErrorCode::unknown_target,
+           error.empty() ? fmt::format("unknown target '{}'", open.target) : error);
+    return;
+  }
+  const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
+  auto stream = std::make_unique<Stream>(*this, h.serial, open.target, *path, unique_fd{},
+                                         config_.window, chunk);
+  Stream& s = *stream;
+  streams_.emplace(h.serial, std::move(stream));
+  s.connect(*path);
+}
+
+void Channel::stream_connected(Stream& s, int res) {
+  PacketHeader r = header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                          PacketType::reply, s.serial(), PacketStatus::ok);
+  if (res < 0) {
+    const std::string msg = fmt::format("target '{}' ({}): connect failed: {}", s.target(),
+                                        s.tag(), std::strerror(-res));
+    spdlog::warn("{}: refusing stream {}: {}", peer_, s.serial(), msg);
+    std::vector<std::uint8_t> body;
+    encode_remote_error(body, make_error(ErrorCode::target_unavailable, msg));
+    r.status = static_cast<std::uint32_t>(PacketStatus::error);
+    send_packet(r, body);
+    s.abort(ErrorCode::target_unavailable, msg, false);
+    return;
+  }
+  send_packet(r);
+  spdlog::info("{}: stream {} opened to target '{}' ({})", peer_, s.serial(), s.target(),
+               s.tag());
+  s.start(peer_hello_.window);
+}
+
+void Channel::open_stream(unique_fd local, const std::string& target, const std::string& tag) {
+  if (!ready()) {
+    spdlog::warn("{}: closing new connection on {}: the channel is not connected", peer_, tag);
+    return;
+  }
+  if (streams_.size() >= config_.max_streams) {
+    spdlog::warn("{}: closing new connection on {}: {} streams already open", peer_, tag,
+                 streams_.size());
+    return;
+  }
+  const std::uint32_t serial = next_serial_++;
+  const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
+  streams_.emplace(serial, std::make_unique<Stream>(*this, serial, target, tag, std::move(local),
+                                                    config_.window, chunk));
+  std::vector<std::uint8_t> body;
+  encode_open_tunnel(body, OpenTunnel{target, 0});
+  send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                     PacketType::call, serial, PacketStatus::ok),
+              body);
+}
+
+void Channel::handle_open_reply(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  Stream* s = find(h.serial);
+  if (s == nullptr || s->state() != Stream::State::opening) {
+    spdlog::warn("{}: ignoring OPEN_TUNNEL reply for unknown serial {}", peer_, h.serial);
+    return;
+  }
+  if (h.status == static_cast<std::uint32_t>(PacketStatus::ok)) {
+    spdlog::info("{}: stream {} ({}) open", peer_, h.serial, s->tag());
+    s->start(peer_hello_.window);
+    return;
+  }
+  RemoteError e;
+  const std::string err = decode_remote_error(body, e);
+  const std::string why = err.empty() ? e.message.value_or("no reason given") : err;
+  spdlog::warn("{}: stream {} ({}) refused: {}", peer_, h.serial, s->tag(), why);
+  s->abort(ErrorCode::target_unavailable, why, false);
+}
+
+Stream* Channel::find(std::uint32_t serial) {
+  auto it = streams_.find(serial);
+  return it == streams_.end() ? nullptr : it->second.get();
+}
+
+void Channel::handle_stream(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  if (Stream* s = find(h.serial)) {
+    s->on_packet(h.status, body);
+    return;
+  }
+  // Packets may still be in flight for a stream this side already closed: drop them quietly.
+  const std::uint32_t highest = role_ == Role::initiator ? next_serial_ - 1 : max_open_serial_;
+  if (h.serial != 0 && h.serial <= highest) return;
+  if (h.status == static_cast<std::uint32_t>(PacketStatus::error)) return;  // never echo errors
+  reject(h, ErrorCode::protocol, fmt::format("no stream with serial {}", h.serial));
+}
+
+void Channel::handle_credit(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  std::uint32_t bytes = 0;
+  if (std::string e = decode_credit(body, bytes); !e.empty()) {
+    fail("malformed STREAM_CREDIT: " + e);
+    return;
+  }
+  if (Stream* s = find(h.serial)) s->on_credit(bytes);
+}
+
+void Channel::handle_keepalive(const PacketHeader& h) {
+  if (h.procedure == static_cast<std::uint32_t>(KeepaliveProc::ping)) {
+    send_packet(header(kKeepaliveProgram, static_cast<std::uint32_t>(KeepaliveProc::pong),
+                       PacketType::message, 0, PacketStatus::ok));
+  }
+}
+
+// ---- Write side ----
+
+void Channel::send_packet(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  if (closing_) return;
+  OutItem item;
+  item.owned = make_packet(h, body);
+  item.data = item.owned.data();
+  item.len = item.owned.size();
+  control_bytes_ += item.len;
+  out_.push_back(std::move(item));
+  if (control_bytes_ > kMaxControlBytes) {
+    fail("peer is not reading: too many control packets queued");
+    return;
+  }
+  arm_write();
+}
+
+void Channel::send_stream_error(std::uint32_t serial, const RemoteError& e) {
+  std::vector<std::uint8_t> body;
+  encode_remote_error(body, e);
+  send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                     PacketType::stream, serial, PacketStatus::error),
+              body);
+}
+
+void Channel::send_buffer(Stream& s, int index, const std::uint8_t* data, std::size_t len) {
+  if (closing_) {
+    s.forget_queued_buffers();
+    return;
+  }
+  OutItem item;
+  item.data = data;
+  item.len = len;
+  item.stream = &s;
+  item.index = index;
+  out_.push_back(std::move(item));
+  arm_write();
+}
+
+void Channel::arm_write() {
+  if (closing_ || write_op_.busy() || out_.empty()) return;
+  iov_items_ = std::min(out_.size(), kMaxIov);
+  for (std::size_t i = 0; i < iov_items_; ++i) {
+    const std::size_t skip = i == 0 ? out_sent_ : 0;
+    iov_[i].iov_base = const_cast<std::uint8_t*>(out_[i].data + skip);
+    iov_[i].iov_len = out_[i].len - skip;
+  }
+  msg_ = msghdr{};
+  msg_.msg_iov = iov_.data();
+  msg_.msg_iovlen = iov_items_;
+  io_uring_sqe* sqe = ring_.prepare(write_op_);
+  io_uring_prep_sendmsg(sqe, socket_.get(), &msg_, MSG_NOSIGNAL);
+}
+
+void Channel::on_write(int res) {
+  if (closing_) {
+    maybe_finish_close();
+    return;
+  }
+  if (res < 0) {
+    fail(fmt::format("send failed: {}", std::strerror(-res)));
+    return;
+  }
+  auto left = static_cast<std::size_t>(res);
+  while (!out_.empty() && left > 0) {
+    OutItem& item = out_.front();
+    const std::size_t take = std::min(left, item.len - out_sent_);
+    out_sent_ += take;
+    left -= take;
+    if (out_sent_ < item.len) break;
+    out_sent_ = 0;
+    Stream* s = item.stream;
+    const int index = item.index;
+    if (!item.owned.empty()) control_bytes_ -= item.len;
+    out_.pop_front();
+    if (s) s->on_buffer_sent(index);
+  }
+  arm_write();
+}
+
+// ---- Teardown ----
+
+void Channel::fail(const std::string& reason) {
+  if (closing_) return;
+  spdlog::warn("{}: {}", peer_, reason);
+  close(reason);
+}
+
+void Channel::close(const std::string& reason) {
+  if (closing_) return;
+  closing_ = true;
+  close_reason_ = reason;
+  handshake_timer_.cancel();
+  keepalive_timer_.cancel();
+  // Buffers in the write queue will never be sent: hand them back before aborting the streams.
+  for (auto& item : out_) {
+    if (item.stream) item.stream->forget_queued_buffers();
+  }
+  out_.clear();
+  control_bytes_ = 0;
+  std::vector<Stream*> open;
+  for (auto& [serial, s] : streams_) open.push_back(s.get());
+  for (Stream* s : open) s->abort(ErrorCode::shutdown, "channel closed: " + reason, false);
+  ::shutdown(socket_.get(), SHUT_RDWR);
+  ring_.cancel(read_op_);
+  ring_.cancel(write_op_);
+  maybe_finish_close();
+}
+
+void Channel::release(Stream& s) {
+  auto it = streams_.find(s.serial());
+  if (it != streams_.end() && it->second.get() == &s) {
+    released_.push_back(std::move(it->second));
+    streams_.erase(it);
+  }
+  if (!reap_scheduled_) {
+    reap_scheduled_ = true;
+    std::weak_ptr<bool> alive = alive_;
+    boost::asio::post(io_, [this, alive] {
+      if (alive.expired()) return;
+      reap();
+    });
+  }
+}
+
+void Channel::reap() {
+  reap_scheduled_ = false;
+  std::erase_if(released_, [](const std::unique_ptr<Stream>& s) { return s->idle(); });
+  if (closing_) maybe_finish_close();
+}
+
+void Channel::maybe_finish_close() {
+  if (!closing_ || close_reported_) return;
+  if (read_op_.busy() || write_op_.busy() || !streams_.empty()) return;
+  if (std::any_of(released_.begin(), released_.end(),
+                  [](const std::unique_ptr<Stream>& s) { return !s->idle(); })) {
+    return;
+  }
+  close_reported_ = true;
+  socket_.reset();
+  std::weak_ptr<bool> alive = alive_;
+  boost::asio::post(io_, [this, alive] {
+    if (alive.expired()) return;
+    released_.clear();
+    // The callback may destroy this channel: keep it and the reason off the channel first.
+    auto on_closed = std::move(events_.on_closed);
+    const std::string reason = close_reason_;
+    if (on_closed) on_closed(*this, reason);
+  });
+}
+
+}  // namespace nbdtunnel::tunnel

@@ -1,0 +1,39 @@
+#pragma once
+// Packet framing: a 4-byte big-endian length (counting itself), a 24-byte header, a body.
+// Pure functions over byte spans; no I/O.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tunnel/protocol.hpp"
+
+namespace nbdtunnel::tunnel {
+
+struct DecodeResult {
+  enum class Status { frame, need_more, error };
+  Status status = Status::need_more;
+  PacketHeader header;
+  std::span<const std::uint8_t> body;
+  std::size_t consumed = 0;  // bytes of input this frame used (0 unless status == frame)
+  std::string error;         // set when status == error
+};
+
+// Decodes the first packet of `in`. Errors are framing errors (bad length): the stream of bytes
+// can no longer be trusted. Unknown header values are not errors here; see check_header().
+DecodeResult decode_packet(std::span<const std::uint8_t> in, std::size_t max_packet = kMaxPacket);
+
+// Returns an error text if type or status are not values of this protocol, empty otherwise.
+std::string check_header(const PacketHeader& h);
+
+// Writes the 28-byte prefix (length word + header) for a body of body_len bytes.
+void write_prefix(std::uint8_t* out, PacketHeader h, std::size_t body_len);
+
+// Builds a whole packet: prefix then body.
+std::vector<std::uint8_t> make_packet(PacketHeader h, std::span<const std::uint8_t> body = {});
+
+const char* type_name(std::uint32_t type);
+const char* status_name(std::uint32_t status);
+
+}  // namespace nbdtunnel::tunnel

@@ -1,0 +1,122 @@
+#include "tunnel/ring.hpp"
+
+#include <sys/eventfd.h>
+
+#include <cerrno>
+#include <system_error>
+
+#include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+namespace nbdtunnel::tunnel {
+
+namespace {
+// user_data of operations nobody waits for (cancel requests).
+constexpr std::uint64_t kUntracked = 0;
+}  // namespace
+
+Ring::Ring(boost::asio::io_context& io, unsigned entries) : io_(io), event_desc_(io) {
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CLAMP;
+  if (int rc = io_uring_queue_init_params(entries, &ring_, &params); rc < 0) {
+    throw std::system_error(-rc, std::generic_category(), "io_uring_queue_init");
+  }
+  event_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!event_fd_) {
+    const int err = errno;
+    io_uring_queue_exit(&ring_);
+    throw std::system_error(err, std::generic_category(), "eventfd");
+  }
+  if (int rc = io_uring_register_eventfd(&ring_, event_fd_.get()); rc < 0) {
+    io_uring_queue_exit(&ring_);
+    throw std::system_error(-rc, std::generic_category(), "io_uring_register_eventfd");
+  }
+  event_desc_.assign(::dup(event_fd_.get()));
+  wait_for_completions();
+}
+
+Ring::~Ring() {
+  if (in_flight_ != 0) spdlog::debug("ring destroyed with {} operations in flight", in_flight_);
+  boost::system::error_code ec;
+  event_desc_.close(ec);
+  io_uring_queue_exit(&ring_);
+}
+
+io_uring_sqe* Ring::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    // Submission queue full: hand what is queued to the kernel and retry.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  schedule_submit();
+  return sqe;
+}
+
+io_uring_sqe* Ring::prepare(Op& op) {
+  io_uring_sqe* sqe = get_sqe();
+  op.busy_ = true;
+  ++in_flight_;
+  io_uring_sqe_set_data(sqe, &op);
+  return sqe;
+}
+
+void Ring::cancel(Op& op) {
+  if (!op.busy_) return;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_cancel(sqe, &op, 0);
+  io_uring_sqe_set_data64(sqe, kUntracked);
+}
+
+void Ring::schedule_submit() {
+  // While draining, the drain submits once at its end; otherwise batch until the handler returns.
+  if (submit_scheduled_ || draining_) return;
+  submit_scheduled_ = true;
+  boost::asio::post(io_, [this] { submit(); });
+}
+
+void Ring::submit() {
+  submit_scheduled_ = false;
+  int rc;
+  do {
+    rc = io_uring_submit(&ring_);
+  } while (rc == -EINTR || rc == -EAGAIN || rc == -EBUSY);
+  if (rc < 0) spdlog::error("io_uring_submit failed: {}", std::strerror(-rc));
+}
+
+void Ring::wait_for_completions() {
+  event_desc_.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                         [this](const boost::system::error_code& ec) {
+                           if (ec) return;  // descriptor closed: the ring is going away
+                           std::uint64_t count;
+                           [[maybe_unused]] auto n = ::read(event_fd_.get(), &count, sizeof count);
+                           drain();
+                           wait_for_completions();
+                         });
+}
+
+void Ring::drain() {
+  draining_ = true;
+  for (;;) {
+    io_uring_cqe* cqes[64];
+    const unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
+    if (n == 0) break;
+    for (unsigned i = 0; i < n; ++i) {
+      const std::uint64_t data = io_uring_cqe_get_data64(cqes[i]);
+      const int res = cqes[i]->res;
+      const std::uint32_t flags = cqes[i]->flags;
+      io_uring_cqe_seen(&ring_, cqes[i]);
+      if (data == kUntracked) continue;
+      auto* op = reinterpret_cast<Op*>(data);
+      if (!(flags & IORING_CQE_F_MORE)) {
+        op->busy_ = false;
+        --in_flight_;
+      }
+      if (op->handler_) op->handler_(res, flags);
+    }
+  }
+  draining_ = false;
+  if (io_uring_sq_ready(&ring_) > 0) submit();
+}
+
+}  // namespace nbdtunnel::tunnel

@@ -1,0 +1,65 @@
+#pragma once
+// An io_uring instance whose completions are delivered on a Boost.Asio io_context: the ring
+// signals an eventfd, Asio waits on it, and one handler drains every ready completion.
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <functional>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include "tunnel/unique_fd.hpp"
+
+namespace nbdtunnel::tunnel {
+
+// One in-flight io_uring operation. Its owner keeps it alive until busy() is false.
+class Op {
+ public:
+  using Handler = std::function<void(int res, std::uint32_t flags)>;
+  Op() = default;
+  explicit Op(Handler h) : handler_(std::move(h)) {}
+  Op(const Op&) = delete;
+  Op& operator=(const Op&) = delete;
+  void set_handler(Handler h) { handler_ = std::move(h); }
+  bool busy() const { return busy_; }
+
+ private:
+  friend class Ring;
+  Handler handler_;
+  bool busy_ = false;
+};
+
+class Ring {
+ public:
+  // Throws std::system_error if io_uring cannot be set up (e.g. disabled by sysctl).
+  Ring(boost::asio::io_context& io, unsigned entries = 1024);
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  // Returns an SQE whose completion goes to op. Submits first if the queue is full.
+  io_uring_sqe* prepare(Op& op);
+  // Asks the kernel to cancel op if it is in flight; op still gets its (cancelled) completion.
+  void cancel(Op& op);
+  // Number of operations whose completion has not been delivered yet.
+  std::size_t in_flight() const { return in_flight_; }
+
+ private:
+  io_uring_sqe* get_sqe();
+  void schedule_submit();
+  void submit();
+  void wait_for_completions();
+  void drain();
+
+  boost::asio::io_context& io_;
+  io_uring ring_{};
+  unique_fd event_fd_;
+  boost::asio::posix::stream_descriptor event_desc_;
+  std::size_t in_flight_ = 0;
+  bool submit_scheduled_ = false;
+  bool draining_ = false;
+};
+
+}  // namespace nbdtunnel::tunnel

@@ -1,0 +1,287 @@
+#include "tunnel/stream.hpp"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "tunnel/channel.hpp"
+#include "tunnel/packet.hpp"
+
+namespace nbdtunnel::tunnel {
+
+Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
+               unique_fd local, std::uint32_t window, std::uint32_t chunk)
+    : channel_(channel),
+      serial_(serial),
+      target_(std::move(target)),
+      tag_(std::move(tag)),
+      local_(std::move(local)),
+      chunk_(chunk),
+      rx_(window) {
+  for (auto& b : tx_) b.bytes.resize(kPrefixSize + chunk_);
+  recv_op_.set_handler([this](int res, std::uint32_t) { on_recv(res); });
+  send_op_.set_handler([this](int res, std::uint32_t) { on_send(res); });
+  connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
+}
+
+std::string Stream::describe() const { return fmt::format("stream {} ({})", serial_, tag_); }
+
+void Stream::connect(const std::string& path) {
+  local_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!local_) {
+    channel_.stream_connected(*this, -errno);
+    return;
+  }
+  connect_addr_.sun_family = AF_UNIX;
+  std::memcpy(connect_addr_.sun_path, path.c_str(),
+              std::min(path.size() + 1, sizeof connect_addr_.sun_path));
+  connect_addr_.sun_path[sizeof connect_addr_.sun_path - 1] = '\0';
+  io_uring_sqe* sqe = channel_.ring().prepare(connect_op_);
+  io_uring_prep_connect(sqe, local_.get(), reinterpret_cast<const sockaddr*>(&connect_addr_),
+                        sizeof connect_addr_);
+}
+
+void Stream::on_connect(int res) {
+  if (state_ == State::closed) {
+    channel_.release(*this);
+    return;
+  }
+  channel_.stream_connected(*this, res);
+}
+
+void Stream::start(std::uint32_t credit) {
+  state_ = State::open;
+  tx_credit_ = credit;
+  arm_recv();
+}
+
+void Stream::arm_recv() {
+  if (state_ != State::open || local_eof_ || recv_op_.busy() || tx_credit_ == 0) return;
+  auto it = std::find_if(tx_.begin(), tx_.end(),
+                         [](const TxBuffer& b) { return b.use == TxBuffer::Use::free; });
+  if (it == tx_.end()) return;
+  const std::size_t len = std::min<std::uint64_t>(chunk_, tx_credit_);
+  tx_credit_ -= len;
+  recv_reserved_ = len;
+  receiving_index_ = static_cast<int>(it - tx_.begin());
+  it->use = TxBuffer::Use::receiving;
+  io_uring_sqe* sqe = channel_.ring().prepare(recv_op_);
+  io_uring_prep_recv(sqe, local_.get(), it->bytes.data() + kPrefixSize, len, 0);
+}
+
+void Stream::on_recv(int res) {
+  TxBuffer& buf = tx_[receiving_index_];
+  buf.use = TxBuffer::Use::free;
+  const std::size_t got = res > 0 ? static_cast<std::size_t>(res) : 0;
+  tx_credit_ += recv_reserved_ - got;
+  recv_reserved_ = 0;
+  if (state_ == State::closed) {
+    channel_.release(*this);
+    return;
+  }
+  if (res < 0) {
+    abort(ErrorCode::stream_io,
+          fmt::format("reading the local socket failed: {}", std::strerror(-res)), true);
+    return;
+  }
+  if (res == 0) {
+    // End of data in this direction: an empty CONTINUE, queued after every data packet.
+    local_eof_ = true;
+    PacketHeader h{0, kProgram, kProgramVersion,
+                   static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                   static_cast<std::uint32_t>(PacketType::stream), serial_,
+                   static_cast<std::uint32_t>(PacketStatus::cont)};
+    channel_.send_packet(h);
+    maybe_finish();
+    return;
+  }
+  stats_.bytes_to_peer += got;
+  buf.use = TxBuffer::Use::queued;
+  PacketHeader h{0, kProgram, kProgramVersion,
+                 static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                 static_cast<std::uint32_t>(PacketType::stream), serial_,
+                 static_cast<std::uint32_t>(PacketStatus::cont)};
+  write_prefix(buf.bytes.data(), h, got);
+  channel_.send_buffer(*this, receiving_index_, buf.bytes.data(), kPrefixSize + got);
+  arm_recv();
+}
+
+void Stream::on_buffer_sent(int index) {
+  tx_[index].use = TxBuffer::Use::free;
+  if (state_ == State::closed) {
+    channel_.release(*this);
+    return;
+  }
+  arm_recv();
+  maybe_finish();
+}
+
+void Stream::forget_queued_buffers() {
+  for (auto& b : tx_) {
+    if (b.use == TxBuffer::Use::queued) b.use = TxBuffer::Use::free;
+  }
+}
+
+void Stream::on_credit(std::uint32_t bytes) {
+  if (state_ != State::open) return;
+  tx_credit_ += bytes;
+  arm_recv();
+}
+
+void Stream::on_packet(std::uint32_t status, std::span<const std::uint8_t> body) {
+  if (state_ != State::open) {
+    if (state_ == State::opening) {
+      abort(ErrorCode::protocol, "stream data arrived before the stream was open", true);
+    }
+    return;
+  }
+  switch (static_cast<PacketStatus>(status)) {
+    case PacketStatus::cont: {
+      if (body.empty()) {
+        remote_eof_ = true;
+        arm_send();
+        return;
+      }
+      if (remote_eof_) {
+        abort(ErrorCode::protocol, "peer sent data after its end-of-data", true);
+        return;
+      }
+      if (body.size() > rx_.size() - rx_used_) {
+        abort(ErrorCode::limit,
+              fmt::format("peer sent {} bytes with only {} bytes of window left", body.size(),
+                          rx_.size() - rx_used_),
+              true);
+        return;
+      }
+      // Copy into the ring, in at most two pieces.
+      std::size_t tail = (rx_head_ + rx_used_) % rx_.size();
+      const std::size_t first = std::min(body.size(), rx_.size() - tail);
+      std::memcpy(rx_.data() + tail, body.data(), first);
+      std::memcpy(rx_.data(), body.data() + first, body.size() - first);
+      rx_used_ += body.size();
+      arm_send();
+      return;
+    }
+    case PacketStatus::ok:
+      if (!body.empty()) {
+        abort(ErrorCode::protocol, "stream finish packet carries a body", true);
+        return;
+      }
+      finish_received_ = true;
+      maybe_finish();
+      return;
+    case PacketStatus::error: {
+      RemoteError e;
+      const std::string err = decode_remote_error(body, e);
+      const std::string why = err.empty() ? e.message.value_or("no message") : err;
+      abort(ErrorCode::stream_io, fmt::format("peer aborted the stream: {}", why), false);
+      return;
+    }
+  }
+}
+
+void Stream::arm_send() {
+  if (state_ != State::open || send_op_.busy()) return;
+  if (rx_used_ > 0) {
+    sending_ = std::min(rx_used_, rx_.size() - rx_head_);
+    io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
+    io_uring_prep_send(sqe, local_.get(), rx_.data() + rx_head_, sending_, MSG_NOSIGNAL);
+    return;
+  }
+  if (remote_eof_ && !local_shut_wr_) {
+    // Everything the peer sent is delivered: pass its end-of-data on (NBD disconnect, EOF).
+    ::shutdown(local_.get(), SHUT_WR);
+    local_shut_wr_ = true;
+    maybe_finish();
+  }
+}
+
+void Stream::on_send(int res) {
+  if (state_ == State::closed) {
+    channel_.release(*this);
+    return;
+  }
+  if (res < 0) {
+    abort(ErrorCode::stream_io,
+          fmt::format("writing the local socket failed: {}", std::strerror(-res)), true);
+    return;
+  }
+  const auto sent = static_cast<std::size_t>(res);
+  rx_head_ = (rx_head_ + sent) % rx_.size();
+  rx_used_ -= sent;
+  if (rx_used_ == 0) rx_head_ = 0;
+  stats_.bytes_from_peer += sent;
+  credit_owed_ += sent;
+  grant_credit(false);
+  arm_send();
+}
+
+void Stream::grant_credit(bool force) {
+  // Batch credit: a message per quarter window, or whenever the window has drained.
+  if (credit_owed_ == 0 || remote_eof_) return;
+  if (!force && credit_owed_ < rx_.size() / 4 && rx_used_ != 0) return;
+  std::vector<std::uint8_t> body;
+  encode_credit(body, static_cast<std::uint32_t>(credit_owed_));
+  credit_owed_ = 0;
+  PacketHeader h{0, kProgram, kProgramVersion, static_cast<std::uint32_t>(Proc::stream_credit),
+                 static_cast<std::uint32_t>(PacketType::message), serial_,
+                 static_cast<std::uint32_t>(PacketStatus::ok)};
+  channel_.send_packet(h, body);
+}
+
+void Stream::maybe_finish() {
+  if (state_ != State::open) return;
+  const bool tx_done =
+      local_eof_ && std::none_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) {
+        return b.use != TxBuffer::Use::free;
+      });
+  const bool rx_done = remote_eof_ && local_shut_wr_ && !send_op_.busy();
+  if (tx_done && rx_done && !finish_sent_) {
+    finish_sent_ = true;
+    PacketHeader h{0, kProgram, kProgramVersion,
+                   static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                   static_cast<std::uint32_t>(PacketType::stream), serial_,
+                   static_cast<std::uint32_t>(PacketStatus::ok)};
+    channel_.send_packet(h);
+  }
+  if (finish_sent_ && finish_received_) {
+    spdlog::debug("{} finished: {} bytes to peer, {} bytes from peer", describe(),
+                  stats_.bytes_to_peer, stats_.bytes_from_peer);
+    state_ = State::closed;
+    close_local();
+    channel_.release(*this);
+  }
+}
+
+void Stream::abort(ErrorCode code, const std::string& reason, bool notify_peer) {
+  if (state_ == State::closed) return;
+  const bool was_open = state_ == State::open;
+  state_ = State::closed;
+  if (was_open) {
+    spdlog::info("{} to target '{}' closed: {}", describe(), target_, reason);
+  }
+  if (notify_peer) channel_.send_stream_error(serial_, make_error(code, reason));
+  close_local();
+  channel_.release(*this);
+}
+
+void Stream::close_local() {
+  // Shutting the socket down completes any recv/send in flight; cancel covers connect.
+  if (local_) ::shutdown(local_.get(), SHUT_RDWR);
+  channel_.ring().cancel(recv_op_);
+  channel_.ring().cancel(send_op_);
+  channel_.ring().cancel(connect_op_);
+}
+
+bool Stream::idle() const {
+  return !recv_op_.busy() && !send_op_.busy() && !connect_op_.busy() &&
+         std::none_of(tx_.begin(), tx_.end(),
+                      [](const TxBuffer& b) { return b.use != TxBuffer::Use::free; });
+}
+
+}  // namespace nbdtunnel::tunnel

@@ -1,0 +1,110 @@
+#pragma once
+// One tunnelled connection: a local socket on this host, carried as STREAM packets on a channel.
+// Each direction is flow-controlled by credits: we send at most as many payload bytes as the
+// peer granted, and grant credit back as our receive window drains into the local socket.
+
+#include <sys/un.h>
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tunnel/protocol.hpp"
+#include "tunnel/ring.hpp"
+#include "tunnel/unique_fd.hpp"
+
+namespace nbdtunnel::tunnel {
+
+class Channel;
+
+struct StreamStats {
+  std::uint64_t bytes_to_peer = 0;    // read from the local socket, sent on the channel
+  std::uint64_t bytes_from_peer = 0;  // received on the channel, written to the local socket
+};
+
+class Stream {
+ public:
+  enum class State { opening, open, closed };
+
+  Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
+         unique_fd local, std::uint32_t window, std::uint32_t chunk);
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  std::uint32_t serial() const { return serial_; }
+  const std::string& target() const { return target_; }
+  const std::string& tag() const { return tag_; }
+  State state() const { return state_; }
+  const StreamStats& stats() const { return stats_; }
+
+  // Responder: connect the local socket to path; the channel replies when it completes.
+  void connect(const std::string& path);
+  // Both sides: the stream is open; start moving bytes. credit is the peer's window.
+  void start(std::uint32_t credit);
+  // A STREAM packet for this stream arrived.
+  void on_packet(std::uint32_t status, std::span<const std::uint8_t> body);
+  // A STREAM_CREDIT message for this stream arrived.
+  void on_credit(std::uint32_t bytes);
+  // The channel finished sending the packet held in tx buffer `index`.
+  void on_buffer_sent(int index);
+  // Ends the stream at once. If notify_peer, an ERROR packet tells the peer why.
+  void abort(ErrorCode code, const std::string& reason, bool notify_peer);
+  // True when no operation or buffer of this stream is still in use.
+  bool idle() const;
+  // Buffers queued on the channel are dropped (the channel is gone); forget them.
+  void forget_queued_buffers();
+
+ private:
+  struct TxBuffer {
+    enum class Use { free, receiving, queued };
+    std::vector<std::uint8_t> bytes;  // kPrefixSize header room + chunk payload
+    Use use = Use::free;
+  };
+
+  void arm_recv();
+  void on_recv(int res);
+  void arm_send();
+  void on_send(int res);
+  void on_connect(int res);
+  void maybe_finish();
+  void grant_credit(bool force);
+  void close_local();
+  std::string describe() const;
+
+  Channel& channel_;
+  const std::uint32_t serial_;
+  const std::string target_;
+  const std::string tag_;
+  unique_fd local_;
+  State state_ = State::opening;
+  StreamStats stats_;
+
+  // Local → peer.
+  std::uint32_t chunk_;
+  std::array<TxBuffer, 2> tx_;
+  int receiving_index_ = -1;
+  std::uint64_t tx_credit_ = 0;
+  std::size_t recv_reserved_ = 0;
+  bool local_eof_ = false;
+  Op recv_op_;
+
+  // Peer → local: a ring of window bytes.
+  std::vector<std::uint8_t> rx_;
+  std::size_t rx_head_ = 0;
+  std::size_t rx_used_ = 0;
+  std::size_t sending_ = 0;
+  std::uint64_t credit_owed_ = 0;
+  bool remote_eof_ = false;
+  bool local_shut_wr_ = false;
+  Op send_op_;
+
+  // Opening and closing.
+  sockaddr_un connect_addr_{};
+  Op connect_op_;
+  bool finish_sent_ = false;
+  bool finish_received_ = false;
+};
+
+}  // namespace nbdtunnel::tunnel
