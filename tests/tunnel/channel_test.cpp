@@ -1,0 +1,402 @@
+// Channel (responder) driven by a fake peer over a socketpair: the peer speaks raw packets.
+
+#include "tunnel/channel.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <boost/asio/post.hpp>
+#include <gtest/gtest.h>
+
+#include "tunnel/packet.hpp"
+#include "tunnel/unix_socket.hpp"
+
+namespace nbdtunnel::tunnel {
+namespace {
+
+using Bytes = std::vector<std::uint8_t>;
+using namespace std::chrono_literals;
+
+struct Packet {
+  PacketHeader h;
+  Bytes body;
+};
+
+PacketHeader hdr(std::uint32_t proc, PacketType type, std::uint32_t serial,
+                 PacketStatus status = PacketStatus::ok, std::uint32_t program = kProgram) {
+  return PacketHeader{0, program, 1, proc, static_cast<std::uint32_t>(type), serial,
+                      static_cast<std::uint32_t>(status)};
+}
+
+class ChannelTest : public ::testing::Test {
+ protected:
+  void start(ChannelConfig config = {}) {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    peer_.reset(fds[1]);
+    ChannelEvents events;
+    events.resolve_target = [this](const std::string& name, std::string& error) {
+      auto it = targets_.find(name);
+      if (it == targets_.end()) {
+        error = "unknown target '" + name + "'";
+        return std::optional<std::string>{};
+      }
+      return std::optional<std::string>{it->second};
+    };
+    events.on_closed = [this](Channel&, const std::string& reason) {
+      std::lock_guard lock(mu_);
+      close_reason_ = reason;
+      closed_ = true;
+    };
+    if (config.handshake_timeout == ChannelConfig{}.handshake_timeout) {
+      config.handshake_timeout = 2s;
+    }
+    config.window = kMinWindow;
+    channel_ = std::make_unique<Channel>(io_, ring_, unique_fd(fds[0]),
+                                         Channel::Role::responder, "test-peer", config, events);
+    channel_->start();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  void TearDown() override {
+    if (channel_) {
+      boost::asio::post(io_, [this] { channel_->close("test finished"); });
+      for (int i = 0; i < 500 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+      io_.stop();
+      thread_.join();
+      channel_.reset();
+    }
+    for (auto& t : echo_threads_) t.join();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void send(PacketHeader h, const Bytes& body = {}) {
+    const Bytes p = make_packet(h, body);
+    ASSERT_EQ(::send(peer_.get(), p.data(), p.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(p.size()));
+  }
+  void send_raw(const Bytes& bytes) {
+    ::send(peer_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  }
+
+  // Reads one packet, or nullopt on EOF/timeout.
+  std::optional<Packet> read_packet(std::chrono::milliseconds timeout = 3s) {
+    for (;;) {
+      DecodeResult d = decode_packet(inbox_);
+      if (d.status == DecodeResult::Status::frame) {
+        Packet p{d.header, Bytes(d.body.begin(), d.body.end())};
+        inbox_.erase(inbox_.begin(), inbox_.begin() + static_cast<long>(d.consumed));
+        return p;
+      }
+      if (d.status == DecodeResult::Status::error) return std::nullopt;
+      pollfd pfd{peer_.get(), POLLIN, 0};
+      if (::poll(&pfd, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
+      std::uint8_t buf[65536];
+      const ssize_t n = ::recv(peer_.get(), buf, sizeof buf, 0);
+      if (n <= 0) return std::nullopt;
+      inbox_.insert(inbox_.end(), buf, buf + n);
+    }
+  }
+
+  // Reads until a packet that is not a credit message (credits are collected).
+  std::optional<Packet> read_non_credit(std::chrono::milliseconds timeout = 3s) {
+    for (;;) {
+      auto p = read_packet(timeout);
+      if (!p || p->h.procedure != static_cast<std::uint32_t>(Proc::stream_credit) ||
+          p->h.type != static_cast<std::uint32_t>(PacketType::message)) {
+        return p;
+      }
+      std::uint32_t n = 0;
+      EXPECT_EQ(decode_credit(p->body, n), "");
+      credits_ += n;
+    }
+  }
+
+  bool peer_sees_eof(std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      pollfd pfd{peer_.get(), POLLIN, 0};
+      if (::poll(&pfd, 1, 50) > 0) {
+        std::uint8_t buf[4096];
+        const ssize_t n = ::recv(peer_.get(), buf, sizeof buf, 0);
+        if (n <= 0) return true;
+      }
+    }
+    return false;
+  }
+
+  void hello() {
+    Hello h;
+    h.host_id = "peer-id";
+    h.hostname = "peer";
+    h.window = kMinWindow;
+    h.max_payload = kMinWindow;
+    Bytes body;
+    encode_hello(body, h);
+    send(hdr(1, PacketType::call, 1), body);
+    auto reply = read_packet();
+    ASSERT_TRUE(reply);
+    ASSERT_EQ(reply->h.type, static_cast<std::uint32_t>(PacketType::reply));
+    ASSERT_EQ(reply->h.status, 0u);
+  }
+
+  RemoteError expect_error(const std::optional<Packet>& p, PacketType type, std::uint32_t serial) {
+    RemoteError e;
+    EXPECT_TRUE(p);
+    if (!p) return e;
+    EXPECT_EQ(p->h.type, static_cast<std::uint32_t>(type));
+    EXPECT_EQ(p->h.status, static_cast<std::uint32_t>(PacketStatus::error));
+    EXPECT_EQ(p->h.serial, serial);
+    EXPECT_EQ(decode_remote_error(p->body, e), "");
+    return e;
+  }
+
+  void expect_alive() {
+    send(hdr(1, PacketType::message, 0, PacketStatus::ok, kKeepaliveProgram));
+    auto pong = read_non_credit();
+    ASSERT_TRUE(pong);
+    EXPECT_EQ(pong->h.program, kKeepaliveProgram);
+    EXPECT_EQ(pong->h.procedure, static_cast<std::uint32_t>(KeepaliveProc::pong));
+  }
+
+  std::string close_reason() {
+    std::lock_guard lock(mu_);
+    return close_reason_;
+  }
+
+  // A target that echoes everything back, then half-closes when its input ends.
+  std::string echo_target() {
+    std::filesystem::create_directories(dir_);
+    const std::string path = dir_ + "/echo.sock";
+    std::string error;
+    unique_fd listener = listen_unix(path, 0600, error);
+    EXPECT_TRUE(listener) << error;
+    echo_threads_.emplace_back([l = std::move(listener)]() mutable {
+      unique_fd c(::accept(l.get(), nullptr, nullptr));
+      std::uint8_t buf[65536];
+      for (;;) {
+        const ssize_t n = ::recv(c.get(), buf, sizeof buf, 0);
+        if (n <= 0) break;
+        if (::send(c.get(), buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) break;
+      }
+      ::shutdown(c.get(), SHUT_WR);
+      ::recv(c.get(), buf, 1, 0);
+    });
+    return path;
+  }
+
+  boost::asio::io_context io_;
+  Ring ring_{io_};
+  std::unique_ptr<Channel> channel_;
+  std::thread thread_;
+  std::vector<std::thread> echo_threads_;
+  unique_fd peer_;
+  Bytes inbox_;
+  std::map<std::string, std::string> targets_;
+  std::uint64_t credits_ = 0;
+  std::string dir_ = "/tmp/nbdtunnel-channel-test-" + std::to_string(::getpid());
+  std::mutex mu_;
+  std::string close_reason_;
+  std::atomic<bool> closed_{false};
+};
+
+TEST_F(ChannelTest, HelloReplyCarriesOurLimits) {
+  start();
+  hello();
+  expect_alive();
+}
+
+TEST_F(ChannelTest, CallBeforeHelloIsRefusedAndChannelClosed) {
+  start();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"x", 0});
+  send(hdr(2, PacketType::call, 1), body);
+  EXPECT_TRUE(peer_sees_eof(3s));
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("before HELLO"), std::string::npos) << close_reason();
+}
+
+TEST_F(ChannelTest, StalledPeerIsDroppedAfterHandshakeTimeout) {
+  ChannelConfig c;
+  c.handshake_timeout = 200ms;
+  start(c);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(peer_sees_eof(5s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("no HELLO"), std::string::npos) << close_reason();
+}
+
+TEST_F(ChannelTest, GarbageClosesTheChannel) {
+  start();
+  const std::string http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  send_raw(Bytes(http.begin(), http.end()));
+  EXPECT_TRUE(peer_sees_eof(3s));
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("exceeds the limit"), std::string::npos) << close_reason();
+}
+
+TEST_F(ChannelTest, LengthBelowHeaderClosesTheChannel) {
+  start();
+  send_raw(Bytes{0, 0, 0, 5, 1, 2, 3, 4});
+  EXPECT_TRUE(peer_sees_eof(3s));
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("shorter than"), std::string::npos) << close_reason();
+}
+
+TEST_F(ChannelTest, UnknownProgramCallGetsAnErrorReply) {
+  start();
+  hello();
+  send(hdr(1, PacketType::call, 5, PacketStatus::ok, 0x20008086));
+  RemoteError e = expect_error(read_packet(), PacketType::reply, 5);
+  EXPECT_EQ(e.code, static_cast<int>(ErrorCode::unsupported));
+  EXPECT_NE(e.message.value_or("").find("unknown program"), std::string::npos);
+  expect_alive();
+}
+
+TEST_F(ChannelTest, UnknownProcedureGetsAnErrorReply) {
+  start();
+  hello();
+  send(hdr(77, PacketType::call, 6));
+  RemoteError e = expect_error(read_packet(), PacketType::reply, 6);
+  EXPECT_NE(e.message.value_or("").find("unknown procedure 77"), std::string::npos);
+  expect_alive();
+}
+
+TEST_F(ChannelTest, UnknownTypeIsDroppedAndChannelStaysUp) {
+  start();
+  hello();
+  send(hdr(2, static_cast<PacketType>(9), 6));
+  expect_alive();
+}
+
+TEST_F(ChannelTest, StreamPacketForUnknownSerialGetsAStreamError) {
+  start();
+  hello();
+  send(hdr(2, PacketType::stream, 99, PacketStatus::cont), Bytes{1, 2, 3});
+  RemoteError e = expect_error(read_packet(), PacketType::stream, 99);
+  EXPECT_NE(e.message.value_or("").find("no stream with serial 99"), std::string::npos);
+  expect_alive();
+}
+
+TEST_F(ChannelTest, OpenUnknownTargetIsRefused) {
+  start();
+  hello();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"nosuch", 0});
+  send(hdr(2, PacketType::call, 2), body);
+  RemoteError e = expect_error(read_packet(), PacketType::reply, 2);
+  EXPECT_EQ(e.code, static_cast<int>(ErrorCode::unknown_target));
+  EXPECT_NE(e.message.value_or("").find("nosuch"), std::string::npos);
+  expect_alive();
+}
+
+TEST_F(ChannelTest, OpenAbsentTargetPathIsRefused) {
+  targets_["nbd"] = "/tmp/nbdtunnel-test-no-such-socket";
+  start();
+  hello();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"nbd", 0});
+  send(hdr(2, PacketType::call, 2), body);
+  RemoteError e = expect_error(read_packet(), PacketType::reply, 2);
+  EXPECT_EQ(e.code, static_cast<int>(ErrorCode::target_unavailable));
+  EXPECT_NE(e.message.value_or("").find("No such file"), std::string::npos) << *e.message;
+  expect_alive();
+}
+
+TEST_F(ChannelTest, ReusedSerialIsRefused) {
+  targets_["nbd"] = "/tmp/nbdtunnel-test-no-such-socket";
+  start();
+  hello();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"nbd", 0});
+  send(hdr(2, PacketType::call, 4), body);
+  expect_error(read_packet(), PacketType::reply, 4);
+  send(hdr(2, PacketType::call, 3), body);
+  RemoteError e = expect_error(read_packet(), PacketType::reply, 3);
+  EXPECT_NE(e.message.value_or("").find("already used"), std::string::npos);
+}
+
+TEST_F(ChannelTest, StreamCarriesDataBothWaysAndFinishes) {
+  targets_["echo"] = echo_target();
+  start();
+  hello();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"echo", 0});
+  send(hdr(2, PacketType::call, 2), body);
+  auto reply = read_packet();
+  ASSERT_TRUE(reply);
+  ASSERT_EQ(reply->h.status, 0u);
+  // 48 KiB fits the 64 KiB window: no credit needed before the echo returns.
+  Bytes data(48 * 1024);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 7);
+  send(hdr(2, PacketType::stream, 2, PacketStatus::cont), data);
+  Bytes echoed;
+  while (echoed.size() < data.size()) {
+    auto p = read_non_credit();
+    ASSERT_TRUE(p) << "echo stalled at " << echoed.size() << " bytes";
+    ASSERT_EQ(p->h.status, static_cast<std::uint32_t>(PacketStatus::cont));
+    echoed.insert(echoed.end(), p->body.begin(), p->body.end());
+  }
+  // Credit for the delivered bytes may trail the echo: give it a moment to arrive.
+  for (int i = 0; i < 50 && credits_ == 0; ++i) {
+    send(hdr(1, PacketType::message, 0, PacketStatus::ok, kKeepaliveProgram));
+    read_non_credit();
+  }
+  send(hdr(2, PacketType::stream, 2, PacketStatus::cont));  // end of data
+  bool eof = false, finished = false;
+  while (!finished) {
+    auto p = read_non_credit();
+    ASSERT_TRUE(p) << "stream did not finish";
+    ASSERT_EQ(p->h.serial, 2u);
+    ASSERT_EQ(p->h.type, static_cast<std::uint32_t>(PacketType::stream));
+    if (p->h.status == static_cast<std::uint32_t>(PacketStatus::cont)) {
+      if (p->body.empty()) {
+        eof = true;
+      } else {
+        ASSERT_FALSE(eof) << "data after end-of-data";
+        echoed.insert(echoed.end(), p->body.begin(), p->body.end());
+      }
+    } else {
+      ASSERT_EQ(p->h.status, static_cast<std::uint32_t>(PacketStatus::ok));
+      finished = true;
+    }
+  }
+  EXPECT_TRUE(eof);
+  EXPECT_EQ(echoed, data);
+  // The responder granted credit back for what it delivered to the target.
+  EXPECT_GT(credits_, 0u);
+  EXPECT_LE(credits_, data.size());
+  send(hdr(2, PacketType::stream, 2, PacketStatus::ok));
+  expect_alive();
+}
+
+TEST_F(ChannelTest, WindowViolationAbortsOnlyThatStream) {
+  targets_["echo"] = echo_target();
+  start();
+  hello();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"echo", 0});
+  send(hdr(2, PacketType::call, 2), body);
+  auto reply = read_packet();
+  ASSERT_TRUE(reply);
+  ASSERT_EQ(reply->h.status, 0u);
+  send(hdr(2, PacketType::stream, 2, PacketStatus::cont), Bytes(kMinWindow + 1, 0x42));
+  RemoteError e = expect_error(read_non_credit(), PacketType::stream, 2);
+  EXPECT_EQ(e.code, static_cast<int>(ErrorCode::limit));
+  EXPECT_NE(e.message.value_or("").find("window"), std::string::npos);
+  expect_alive();
+}
+
+}  // namespace
+}  // namespace nbdtunnel::tunnel
