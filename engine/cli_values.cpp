@@ -1,5 +1,7 @@
 #include "engine/cli_values.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 
 #include <fmt/format.h>
@@ -58,6 +60,33 @@ std::optional<std::pair<std::string, std::string>> parse_forward(const std::stri
     return std::nullopt;
   }
   return std::make_pair(std::move(path), std::move(name));
+}
+
+namespace {
+// QEMU node names: letters, digits, '-', '.', '_', starting with a letter; at most 31 bytes.
+bool valid_node_name(const std::string& n) {
+  if (n.empty() || n.size() > 31 || !std::isalpha(static_cast<unsigned char>(n[0]))) return false;
+  return std::all_of(n.begin(), n.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
+  });
+}
+}  // namespace
+
+std::optional<std::pair<std::string, std::string>> parse_disk(const std::string& text,
+                                                              std::string& error) {
+  const auto eq = text.find('=');
+  std::string node = text.substr(0, eq);
+  std::string dest = eq == std::string::npos ? node : text.substr(eq + 1);
+  for (const std::string& n : {node, dest}) {
+    if (!valid_node_name(n)) {
+      error = fmt::format(
+          "--disk '{}': '{}' is not a QEMU node name (a letter, then letters, digits, '-', '.', "
+          "'_'; at most 31 bytes)",
+          text, n);
+      return std::nullopt;
+    }
+  }
+  return std::make_pair(std::move(node), std::move(dest));
 }
 
 std::optional<mode_t> parse_mode(const std::string& text, std::string& error) {

@@ -15,6 +15,9 @@ std::optional<std::pair<std::string, std::string>> parse_target(const std::strin
 // "PATH=NAME" (split at the last '=').
 std::optional<std::pair<std::string, std::string>> parse_forward(const std::string& text,
                                                                  std::string& error);
+// "NODE" or "NODE=DESTNODE" (a QEMU node name on each side).
+std::optional<std::pair<std::string, std::string>> parse_disk(const std::string& text,
+                                                              std::string& error);
 // An octal permission mode such as 0600.
 std::optional<mode_t> parse_mode(const std::string& text, std::string& error);
 

@@ -8,7 +8,10 @@
 namespace nbdtunnel::engine {
 
 DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOptions options)
-    : io_(io), ring_(ring), options_(std::move(options)) {}
+    : io_(io),
+      ring_(ring),
+      options_(std::move(options)),
+      migrations_(io, options_.qmp_path, options_.run_dir) {}
 
 bool DestServer::start(std::string& error) {
   tunnel::unique_fd fd = tunnel::listen_tcp(options_.listen, error);
@@ -21,11 +24,15 @@ bool DestServer::start(std::string& error) {
   for (const auto& [name, path] : options_.targets) {
     spdlog::info("target '{}' is {}", name, path);
   }
+  if (!options_.qmp_path.empty()) {
+    spdlog::info("preparing migrations through QMP {}", options_.qmp_path);
+  }
   return true;
 }
 
 std::optional<std::string> DestServer::resolve_target(const std::string& name,
                                                       std::string& error) const {
+  if (auto prepared = migrations_.resolve(name)) return prepared;
   auto it = options_.targets.find(name);
   if (it == options_.targets.end()) {
     std::string known;
@@ -50,8 +57,13 @@ void DestServer::on_accept(tunnel::unique_fd client, int error) {
   };
   events.on_closed = [this, peer](tunnel::Channel& ch, const std::string& reason) {
     spdlog::info("channel from {} closed: {}", peer, reason);
+    migrations_.channel_closed(ch);
     channels_.erase(&ch);  // on_closed runs from a posted handler: destroying the channel is safe
     maybe_stopped();
+  };
+  events.on_call = [this](tunnel::Channel& ch, const tunnel::PacketHeader& call,
+                          std::span<const std::uint8_t> body) {
+    migrations_.on_call(ch, call, body);
   };
   auto channel = std::make_unique<tunnel::Channel>(io_, ring_, std::move(client),
                                                    tunnel::Channel::Role::responder, peer,
@@ -62,6 +74,7 @@ void DestServer::on_accept(tunnel::unique_fd client, int error) {
 }
 
 void DestServer::stop(std::function<void()> done) {
+  stopping_ = true;
   on_stopped_ = std::move(done);
   if (acceptor_) acceptor_->stop();
   std::vector<tunnel::Channel*> open;
@@ -71,11 +84,11 @@ void DestServer::stop(std::function<void()> done) {
 }
 
 void DestServer::maybe_stopped() {
-  if (on_stopped_ && channels_.empty()) {
-    auto done = std::move(on_stopped_);
-    on_stopped_ = nullptr;
-    done();
-  }
+  if (!on_stopped_ || !channels_.empty()) return;
+  // Channels are gone; remove whatever migrations they left prepared, then report.
+  auto done = std::move(on_stopped_);
+  on_stopped_ = nullptr;
+  migrations_.shutdown(std::move(done));
 }
 
 }  // namespace nbdtunnel::engine

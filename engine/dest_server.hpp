@@ -8,6 +8,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include "engine/dest_migrations.hpp"
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
 #include "tunnel/ring.hpp"
@@ -18,6 +19,8 @@ namespace nbdtunnel::engine {
 struct DestOptions {
   tunnel::Endpoint listen;
   std::map<std::string, std::string> targets;  // name → UNIX socket path
+  std::string qmp_path;                        // destination QEMU's QMP socket, for PREPARE
+  std::string run_dir;                         // private directory for prepared NBD sockets
   tunnel::ChannelConfig channel;
 };
 
@@ -42,6 +45,8 @@ class DestServer {
   std::string bound_;
   std::unique_ptr<tunnel::Acceptor> acceptor_;
   std::map<tunnel::Channel*, std::unique_ptr<tunnel::Channel>> channels_;
+  DestMigrations migrations_;
+  bool stopping_ = false;
   std::function<void()> on_stopped_;
 };
 

@@ -18,6 +18,8 @@
 #include "engine/cli_values.hpp"
 #include "engine/dest_server.hpp"
 #include "engine/host_identity.hpp"
+#include "engine/migration.hpp"
+#include "engine/private_dir.hpp"
 #include "engine/source_forwarder.hpp"
 
 namespace {
@@ -132,7 +134,8 @@ int main(int argc, char** argv) {
   CLI::App app{
       "nbdtunnel carries QEMU's NBD (disk mirror) and migration connections between two hosts\n"
       "over one multiplexed, flow-controlled channel framed like libvirt's RPC protocol.\n"
-      "Run `nbdtunnel dest` on the destination host and `nbdtunnel source` on the source host."};
+      "Run `nbdtunnel dest` on the destination host; on the source host run `nbdtunnel source`\n"
+      "(a standing tunnel for QEMU or libvirt) or `nbdtunnel migrate` (a whole storage migration)."};
   app.set_version_flag("--version", std::string("nbdtunnel ") + NBDTUNNEL_VERSION);
   app.require_subcommand(1);
   app.footer("Run `nbdtunnel COMMAND --help` for the options of one command.");
@@ -148,8 +151,14 @@ int main(int argc, char** argv) {
       ->required();
   dest->add_option("--target", targets,
                    "NAME=PATH: streams opened for NAME are connected to the UNIX socket PATH, "
-                   "at the moment they open (PATH may appear later)")
-      ->required();
+                   "at the moment they open (PATH may appear later)");
+  std::string dest_qmp, run_dir;
+  dest->add_option("--qmp", dest_qmp,
+                   "QMP socket of the destination QEMU: lets `nbdtunnel migrate` prepare its "
+                   "disks (NBD server and exports are created per migration and removed after)");
+  dest->add_option("--run-dir", run_dir,
+                   "directory for the NBD sockets of prepared migrations (default: a private "
+                   "temporary directory)");
   add_common(dest, dest_common);
 
   CommonOptions source_common;
@@ -168,6 +177,53 @@ int main(int argc, char** argv) {
   source->add_option("--socket-mode", socket_mode, "permissions of the created sockets (octal)")
       ->capture_default_str();
   add_common(source, source_common);
+
+  CommonOptions migrate_common;
+  migrate_common.log_level = "warn";
+  engine::MigrateOptions mo;
+  std::string dest_ep, finish_mode = "complete";
+  std::vector<std::string> disks;
+  double connect_timeout = 10;
+  CLI::App* migrate = app.add_subcommand(
+      "migrate",
+      "Run a whole non-shared-disk storage migration: check both sides, have the destination "
+      "daemon (started with --qmp) export its disks, mirror every disk through one channel, then "
+      "complete (or stay in sync), and leave both hosts clean whatever happens.\n"
+      "Exit codes: 0 done, 1 migration failed, 2 bad usage or input, 3 checks failed, "
+      "130 cancelled.");
+  migrate->add_option("--source-qmp", mo.source_qmp, "QMP socket of the source QEMU")->required();
+  migrate->add_option("--dest", dest_ep, "HOST:PORT of `nbdtunnel dest --qmp ...`")->required();
+  migrate->add_option("--disk", disks,
+                      "NODE[=DESTNODE]: mirror the source node NODE into the destination node "
+                      "DESTNODE (default: the same name); repeat for each disk")
+      ->required();
+  migrate->add_option("--bandwidth", mo.bandwidth_mib,
+                      "limit in MiB/s for all disks together (0 = unlimited); changeable live "
+                      "with set-bandwidth on the control socket")
+      ->check(CLI::NonNegativeNumber);
+  migrate->add_flag("--shallow", mo.shallow,
+                    "copy only the top image (sync=top): the backing chain is already present at "
+                    "the destination");
+  migrate->add_option("--finish", finish_mode,
+                      "complete: when every disk is in sync, complete the copies and finish; "
+                      "sync: stay in sync (for a memory migration) until `finish` or `cancel` "
+                      "arrives on the control socket")
+      ->check(CLI::IsMember({"complete", "sync"}))
+      ->capture_default_str();
+  migrate->add_flag("--json", mo.json,
+                    "one JSON object per line on stdout (phases, checks, progress, ready, "
+                    "errors, summary) and nothing else there");
+  migrate->add_flag("--check-only", mo.check_only, "run the pre-migration checks and stop");
+  migrate->add_flag("--force", mo.force, "go ahead when checks give only warnings");
+  migrate->add_option("--control-socket", mo.control_socket,
+                      "UNIX socket speaking QMP-style JSON lines: query-migration, "
+                      "set-bandwidth {\"mib-per-sec\": N}, cancel, finish");
+  migrate->add_option("--id", mo.migration_id, "migration id (default: generated)");
+  migrate->add_option("--connect-timeout", connect_timeout,
+                      "seconds to wait for the destination to answer")
+      ->check(CLI::Range(0.1, 600.0))
+      ->capture_default_str();
+  add_common(migrate, migrate_common);
 
   try {
     app.parse(argc, argv);
@@ -188,9 +244,44 @@ int main(int argc, char** argv) {
         return usage_error("--target '" + kv->first + "' is given twice");
       }
     }
+    if (o.targets.empty() && dest_qmp.empty()) {
+      return usage_error("dest needs at least one --target NAME=PATH, or --qmp PATH");
+    }
     o.channel = channel_config(dest_common);
+    o.qmp_path = dest_qmp;
     setup_logging(dest_common.log_level);
+    engine::PrivateDir private_dir;
+    if (!dest_qmp.empty() && run_dir.empty()) {
+      if (!private_dir.create("nbdtunnel-dest", error)) {
+        spdlog::error("{}", error);
+        return kExitFailed;
+      }
+      run_dir = private_dir.path();
+    }
+    o.run_dir = run_dir;
     return run_role<engine::DestServer>(std::move(o));
+  }
+
+  if (migrate->parsed()) {
+    auto ep = tunnel::parse_endpoint(dest_ep, error);
+    if (!ep) return usage_error("--dest: " + error);
+    mo.dest = *ep;
+    std::map<std::string, bool> seen_disk;
+    for (const std::string& d : disks) {
+      auto kv = engine::parse_disk(d, error);
+      if (!kv) return usage_error(error);
+      if (seen_disk[kv->first]) return usage_error("--disk '" + kv->first + "' is given twice");
+      seen_disk[kv->first] = true;
+      mo.disks.push_back({kv->first, kv->second});
+    }
+    if (mo.disks.size() > tunnel::kMaxDisks) {
+      return usage_error(fmt::format("at most {} disks per migration", tunnel::kMaxDisks));
+    }
+    mo.finish_sync = finish_mode == "sync";
+    mo.connect_timeout = std::chrono::milliseconds(static_cast<long>(connect_timeout * 1000));
+    mo.channel = channel_config(migrate_common);
+    setup_logging(migrate_common.log_level);
+    return engine::run_migration(std::move(mo));
   }
 
   engine::SourceOptions o;

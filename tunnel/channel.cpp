@@ -123,9 +123,13 @@ void Channel::on_read(int res) {
     maybe_finish_close();
     return;
   }
-  if (res <= 0) {
-    fail(res == 0 ? "peer closed the connection"
-                  : fmt::format("receive failed: {}", std::strerror(-res)));
+  if (res == 0) {
+    spdlog::info("{}: peer closed the connection", peer_);
+    close("peer closed the connection");
+    return;
+  }
+  if (res < 0) {
+    fail(fmt::format("receive failed: {}", std::strerror(-res)));
     return;
   }
   last_rx_ = std::chrono::steady_clock::now();
@@ -192,12 +196,19 @@ void Channel::handle(const PacketHeader& h, std::span<const std::uint8_t> body) 
         handle_open(h, body);
       } else if (proc == Proc::hello) {
         reject(h, ErrorCode::protocol, "HELLO was already exchanged on this channel");
+      } else if ((proc == Proc::prepare || proc == Proc::finish) && role_ == Role::responder &&
+                 events_.on_call) {
+        events_.on_call(*this, h, body);
       } else {
         reject(h, ErrorCode::unsupported, fmt::format("unknown procedure {}", h.procedure));
       }
       return;
     case PacketType::reply:
-      if (proc == Proc::domain_migrate_open_tunnel && role_ == Role::initiator) {
+      if (auto it = pending_calls_.find(h.serial); it != pending_calls_.end()) {
+        ReplyHandler handler = std::move(it->second);
+        pending_calls_.erase(it);
+        handler(h, body);
+      } else if (proc == Proc::domain_migrate_open_tunnel && role_ == Role::initiator) {
         handle_open_reply(h, body);
       } else {
         spdlog::warn("{}: ignoring unexpected reply to procedure {} serial {}", peer_,
@@ -349,6 +360,38 @@ void Channel::open_stream(unique_fd local, const std::string& target, const std:
   send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
                      PacketType::call, serial, PacketStatus::ok),
               body);
+}
+
+void Channel::call(Proc proc, std::span<const std::uint8_t> body, ReplyHandler on_reply) {
+  const std::uint32_t serial = next_serial_++;
+  if (closing_) {
+    std::vector<std::uint8_t> err;
+    encode_remote_error(err, make_error(ErrorCode::shutdown, "channel closed: " + close_reason_));
+    on_reply(header(kProgram, static_cast<std::uint32_t>(proc), PacketType::reply, serial,
+                    PacketStatus::error),
+             err);
+    return;
+  }
+  pending_calls_.emplace(serial, std::move(on_reply));
+  send_packet(header(kProgram, static_cast<std::uint32_t>(proc), PacketType::call, serial,
+                     PacketStatus::ok),
+              body);
+}
+
+void Channel::reply(const PacketHeader& call, std::span<const std::uint8_t> body) {
+  PacketHeader r = call;
+  r.type = static_cast<std::uint32_t>(PacketType::reply);
+  r.status = static_cast<std::uint32_t>(PacketStatus::ok);
+  send_packet(r, body);
+}
+
+void Channel::reply_error(const PacketHeader& call, ErrorCode code, const std::string& message) {
+  std::vector<std::uint8_t> body;
+  encode_remote_error(body, make_error(code, message));
+  PacketHeader r = call;
+  r.type = static_cast<std::uint32_t>(PacketType::reply);
+  r.status = static_cast<std::uint32_t>(PacketStatus::error);
+  send_packet(r, body);
 }
 
 void Channel::handle_open_reply(const PacketHeader& h, std::span<const std::uint8_t> body) {
@@ -505,10 +548,24 @@ void Channel::close(const std::string& reason) {
   std::vector<Stream*> open;
   for (auto& [serial, s] : streams_) open.push_back(s.get());
   for (Stream* s : open) s->abort(ErrorCode::shutdown, "channel closed: " + reason, false);
+  // Calls still waiting for a reply fail now, each with the reason.
+  auto pending = std::move(pending_calls_);
+  pending_calls_.clear();
+  for (auto& [serial, handler] : pending) {
+    std::vector<std::uint8_t> err;
+    encode_remote_error(err, make_error(ErrorCode::shutdown, "channel closed: " + reason));
+    handler(header(kProgram, 0, PacketType::reply, serial, PacketStatus::error), err);
+  }
   ::shutdown(socket_.get(), SHUT_RDWR);
   ring_.cancel(read_op_);
   ring_.cancel(write_op_);
   maybe_finish_close();
+}
+
+void Channel::abort_streams(const std::string& reason) {
+  std::vector<Stream*> open;
+  for (auto& [serial, s] : streams_) open.push_back(s.get());
+  for (Stream* s : open) s->abort(ErrorCode::shutdown, reason, true);
 }
 
 void Channel::release(Stream& s) {

@@ -42,6 +42,10 @@ struct ChannelEvents {
   // Responder: the UNIX socket path for a target name, or nullopt with error filled in.
   std::function<std::optional<std::string>(const std::string& target, std::string& error)>
       resolve_target;
+  // Responder: a CALL of a procedure the channel does not handle itself (PREPARE, FINISH).
+  // Answer it with Channel::reply / reply_error, now or later (guard with liveness()).
+  std::function<void(Channel& channel, const PacketHeader& call, std::span<const std::uint8_t> body)>
+      on_call;
   // The HELLO exchange completed.
   std::function<void(const Hello& peer)> on_ready;
   // The channel is closed and every operation has finished. Called from a posted handler, so the
@@ -62,6 +66,17 @@ class Channel {
   void start();
   // Initiator: carry local as a new stream to target. tag names the stream in logs.
   void open_stream(unique_fd local, const std::string& target, const std::string& tag);
+  // Initiator: sends a CALL; on_reply gets the REPLY (status OK or ERROR) or, if the channel
+  // closes first, a synthesized ERROR.
+  using ReplyHandler = std::function<void(const PacketHeader& reply, std::span<const std::uint8_t> body)>;
+  void call(Proc proc, std::span<const std::uint8_t> body, ReplyHandler on_reply);
+  // Responder: answers a CALL delivered through ChannelEvents::on_call.
+  void reply(const PacketHeader& call, std::span<const std::uint8_t> body = {});
+  void reply_error(const PacketHeader& call, ErrorCode code, const std::string& message);
+  // Expires when the channel is destroyed: lets asynchronous work check before replying.
+  std::weak_ptr<bool> liveness() const { return alive_; }
+  // Aborts every stream (their local sockets close) but keeps the channel for calls.
+  void abort_streams(const std::string& reason);
   // Aborts every stream and closes the socket; on_closed follows once all I/O has finished.
   void close(const std::string& reason);
 
@@ -125,6 +140,7 @@ class Channel {
   std::uint32_t hello_serial_ = 0;
   std::uint32_t max_open_serial_ = 0;  // responder: highest stream serial opened so far
   std::map<std::uint32_t, std::unique_ptr<Stream>> streams_;
+  std::map<std::uint32_t, ReplyHandler> pending_calls_;
   std::vector<std::unique_ptr<Stream>> released_;
   bool reap_scheduled_ = false;
 

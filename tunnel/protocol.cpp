@@ -105,6 +105,96 @@ std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError&
   return {};
 }
 
+namespace {
+// Reads an XDR array length and checks it against the limit.
+std::uint32_t array_length(XdrReader& r, std::size_t max, const char* what, std::string& error) {
+  const std::uint32_t n = r.u32();
+  if (r.ok() && n > max) {
+    error = fmt::format("{} lists {} entries, the limit is {}", what, n, max);
+    return 0;
+  }
+  return n;
+}
+}  // namespace
+
+void encode_prepare(std::vector<std::uint8_t>& out, const Prepare& p) {
+  XdrWriter w(out);
+  w.string(p.migration_id);
+  w.u32(static_cast<std::uint32_t>(p.disks.size()));
+  for (const PrepareDisk& d : p.disks) {
+    w.string(d.node);
+    w.u64(d.size);
+  }
+  w.u32(p.flags);
+}
+
+std::string decode_prepare(std::span<const std::uint8_t> body, Prepare& p) {
+  XdrReader r(body);
+  std::string error;
+  p.migration_id = r.string(kMaxMigrationIdLen);
+  const std::uint32_t n = array_length(r, kMaxDisks, "PREPARE", error);
+  if (!error.empty()) return error;
+  p.disks.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    PrepareDisk d;
+    d.node = r.string(kMaxTargetNameLen);
+    d.size = r.u64();
+    p.disks.push_back(std::move(d));
+  }
+  p.flags = r.u32();
+  if (!r.finish("PREPARE body")) return r.error();
+  if (p.migration_id.empty()) return "PREPARE migration id is empty";
+  if (p.disks.empty()) return "PREPARE names no disks";
+  return {};
+}
+
+void encode_prepare_result(std::vector<std::uint8_t>& out, const PrepareResult& res) {
+  XdrWriter w(out);
+  w.string(res.qemu_version);
+  w.string(res.target);
+  w.u32(static_cast<std::uint32_t>(res.disks.size()));
+  for (const DiskState& d : res.disks) {
+    w.string(d.node);
+    w.u32(d.exists ? 1 : 0);
+    w.u64(d.size);
+    w.u32(d.writable ? 1 : 0);
+  }
+}
+
+std::string decode_prepare_result(std::span<const std::uint8_t> body, PrepareResult& res) {
+  XdrReader r(body);
+  std::string error;
+  res.qemu_version = r.string(kMaxHostIdLen);
+  res.target = r.string(kMaxTargetNameLen);
+  const std::uint32_t n = array_length(r, kMaxDisks, "PREPARE reply", error);
+  if (!error.empty()) return error;
+  res.disks.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    DiskState d;
+    d.node = r.string(kMaxTargetNameLen);
+    d.exists = r.u32() != 0;
+    d.size = r.u64();
+    d.writable = r.u32() != 0;
+    res.disks.push_back(std::move(d));
+  }
+  if (!r.finish("PREPARE reply body")) return r.error();
+  return {};
+}
+
+void encode_finish(std::vector<std::uint8_t>& out, const Finish& f) {
+  XdrWriter w(out);
+  w.string(f.migration_id);
+  w.u32(f.flags);
+}
+
+std::string decode_finish(std::span<const std::uint8_t> body, Finish& f) {
+  XdrReader r(body);
+  f.migration_id = r.string(kMaxMigrationIdLen);
+  f.flags = r.u32();
+  if (!r.finish("FINISH body")) return r.error();
+  return {};
+}
+
 RemoteError make_error(ErrorCode code, std::string message) {
   RemoteError e;
   e.code = static_cast<std::int32_t>(code);

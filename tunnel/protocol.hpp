@@ -23,6 +23,8 @@ enum class Proc : std::uint32_t {
   hello = 1,                       // CALL: version, features, identity, limits. Must come first.
   domain_migrate_open_tunnel = 2,  // CALL: target name; opens a stream on this call's serial.
   stream_credit = 3,               // MESSAGE: the sender may send that many more payload bytes.
+  prepare = 4,                     // CALL: check (and export) destination disks for a migration.
+  finish = 5,                      // CALL: remove what PREPARE created (flag: abort).
 };
 
 enum class PacketType : std::uint32_t { call = 0, reply = 1, message = 2, stream = 3 };
@@ -39,6 +41,8 @@ inline constexpr std::size_t kMaxStreamPayload = 1u << 20;
 inline constexpr std::size_t kMaxStringLen = 4096;
 inline constexpr std::size_t kMaxTargetNameLen = 255;
 inline constexpr std::size_t kMaxHostIdLen = 255;
+inline constexpr std::size_t kMaxDisks = 64;
+inline constexpr std::size_t kMaxMigrationIdLen = 64;
 inline constexpr std::uint32_t kMinWindow = 64 * 1024;
 inline constexpr std::uint32_t kMaxWindow = 64u << 20;
 
@@ -95,6 +99,35 @@ struct RemoteError {
   std::int32_t int1 = 0, int2 = 0;
 };
 
+// PREPARE: the source names the destination nodes it will mirror into and their sizes.
+inline constexpr std::uint32_t kPrepareCheckOnly = 1;  // report, change nothing
+struct PrepareDisk {
+  std::string node;        // destination node name
+  std::uint64_t size = 0;  // source disk size, bytes
+};
+struct Prepare {
+  std::string migration_id;
+  std::vector<PrepareDisk> disks;
+  std::uint32_t flags = 0;
+};
+// What the destination found for one disk.
+struct DiskState {
+  std::string node;
+  bool exists = false;
+  std::uint64_t size = 0;
+  bool writable = false;
+};
+struct PrepareResult {
+  std::string qemu_version;  // destination QEMU, "" if the daemon has no --qmp
+  std::string target;        // OPEN_TUNNEL target name serving this migration's exports
+  std::vector<DiskState> disks;
+};
+inline constexpr std::uint32_t kFinishAbort = 1;
+struct Finish {
+  std::string migration_id;
+  std::uint32_t flags = 0;
+};
+
 // Each encode_* appends a body; each decode_* parses a whole body and returns an error text on
 // malformed input (empty string on success).
 void encode_hello(std::vector<std::uint8_t>& out, const Hello& h);
@@ -105,6 +138,13 @@ void encode_credit(std::vector<std::uint8_t>& out, std::uint32_t bytes);
 std::string decode_credit(std::span<const std::uint8_t> body, std::uint32_t& bytes);
 void encode_remote_error(std::vector<std::uint8_t>& out, const RemoteError& e);
 std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError& e);
+
+void encode_prepare(std::vector<std::uint8_t>& out, const Prepare& p);
+std::string decode_prepare(std::span<const std::uint8_t> body, Prepare& p);
+void encode_prepare_result(std::vector<std::uint8_t>& out, const PrepareResult& r);
+std::string decode_prepare_result(std::span<const std::uint8_t> body, PrepareResult& r);
+void encode_finish(std::vector<std::uint8_t>& out, const Finish& f);
+std::string decode_finish(std::span<const std::uint8_t> body, Finish& f);
 
 RemoteError make_error(ErrorCode code, std::string message);
 

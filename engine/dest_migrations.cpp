@@ -1,0 +1,239 @@
+#include "engine/dest_migrations.hpp"
+
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "qmp/block_jobs.hpp"
+#include "qmp/qmp_error.hpp"
+
+namespace nbdtunnel::engine {
+
+namespace {
+constexpr const char* kTargetPrefix = "migration/";
+}  // namespace
+
+DestMigrations::DestMigrations(boost::asio::io_context& io, std::string qmp_path,
+                               std::string run_dir)
+    : io_(io), qmp_path_(std::move(qmp_path)), run_dir_(std::move(run_dir)) {}
+
+DestMigrations::~DestMigrations() {
+  for (const auto& [id, m] : migrations_) ::unlink(m.socket.c_str());
+}
+
+void DestMigrations::spawn(boost::asio::awaitable<void> work) {
+  ++busy_;
+  boost::asio::co_spawn(io_, std::move(work), [this](std::exception_ptr e) {
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::error("migration handler failed: {}", ex.what());
+      }
+    }
+    --busy_;
+    maybe_idle();
+  });
+}
+
+void DestMigrations::maybe_idle() {
+  if (on_idle_ && idle()) {
+    auto done = std::move(on_idle_);
+    on_idle_ = nullptr;
+    done();
+  }
+}
+
+void DestMigrations::on_call(tunnel::Channel& channel, const tunnel::PacketHeader& call,
+                             std::span<const std::uint8_t> body) {
+  std::vector<std::uint8_t> copy(body.begin(), body.end());
+  if (call.procedure == static_cast<std::uint32_t>(tunnel::Proc::prepare)) {
+    spawn(prepare(channel.liveness(), &channel, call, std::move(copy)));
+  } else {
+    spawn(finish(channel.liveness(), &channel, call, std::move(copy)));
+  }
+}
+
+std::optional<std::string> DestMigrations::resolve(const std::string& target) const {
+  if (target.rfind(kTargetPrefix, 0) != 0) return std::nullopt;
+  auto it = migrations_.find(target.substr(std::string_view(kTargetPrefix).size()));
+  if (it == migrations_.end()) return std::nullopt;
+  return it->second.socket;
+}
+
+boost::asio::awaitable<qmp::QmpClient*> DestMigrations::client() {
+  if (!qmp_ || !qmp_->is_connected()) {
+    qmp_ = std::make_unique<qmp::QmpClient>(io_.get_executor());
+    co_await qmp_->connect(qmp_path_);
+    spdlog::info("connected to destination QEMU {} on {}", qmp_->qemu_version(), qmp_path_);
+  }
+  co_return qmp_.get();
+}
+
+boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
+                                                     tunnel::Channel* channel,
+                                                     tunnel::PacketHeader call,
+                                                     std::vector<std::uint8_t> body) {
+  auto fail = [&](tunnel::ErrorCode code, const std::string& msg) {
+    spdlog::warn("PREPARE refused: {}", msg);
+    if (!alive.expired()) channel->reply_error(call, code, msg);
+  };
+  tunnel::Prepare req;
+  if (std::string e = tunnel::decode_prepare(body, req); !e.empty()) {
+    fail(tunnel::ErrorCode::protocol, e);
+    co_return;
+  }
+  if (qmp_path_.empty()) {
+    fail(tunnel::ErrorCode::unsupported,
+         "this destination daemon was started without --qmp, so it cannot prepare disks");
+    co_return;
+  }
+  const bool check_only = (req.flags & tunnel::kPrepareCheckOnly) != 0;
+  if (!check_only && !migrations_.empty()) {
+    fail(tunnel::ErrorCode::limit,
+         fmt::format("the destination QEMU is already serving migration '{}'",
+                     migrations_.begin()->first));
+    co_return;
+  }
+  Migration m;
+  m.id = req.migration_id;
+  m.owner = channel;
+  try {
+    qmp::QmpClient& q = *co_await client();
+    tunnel::PrepareResult result;
+    result.qemu_version = q.qemu_version();
+    const auto nodes = co_await qmp::query_named_block_nodes(q);
+    std::string problems;
+    for (const tunnel::PrepareDisk& d : req.disks) {
+      tunnel::DiskState s;
+      s.node = d.node;
+      for (const auto& n : nodes) {
+        if (n.node_name == d.node) {
+          s.exists = true;
+          s.size = n.size;
+          s.writable = !n.read_only;
+        }
+      }
+      if (!s.exists) {
+        problems += fmt::format("; node '{}' does not exist", d.node);
+      } else if (s.size < d.size) {
+        problems += fmt::format("; node '{}' has {} bytes, the source disk {}", d.node, s.size,
+                                d.size);
+      } else if (!s.writable) {
+        problems += fmt::format("; node '{}' is read-only", d.node);
+      }
+      result.disks.push_back(s);
+    }
+    if (!check_only) {
+      if (!problems.empty()) {
+        fail(tunnel::ErrorCode::protocol, "destination disks are not usable" + problems);
+        co_return;
+      }
+      if (alive.expired()) co_return;
+      m.socket = fmt::format("{}/nbd-{}.sock", run_dir_, m.id);
+      ::unlink(m.socket.c_str());
+      co_await qmp::nbd_server_start_unix(q, m.socket);
+      m.server_started = true;
+      for (std::size_t i = 0; i < req.disks.size(); ++i) {
+        const std::string export_id = fmt::format("nbdtunnel-{}-{}", m.id, i);
+        co_await qmp::block_export_add_nbd(q, export_id, req.disks[i].node, req.disks[i].node,
+                                           true);
+        m.export_ids.push_back(export_id);
+      }
+      result.target = kTargetPrefix + m.id;
+      migrations_.emplace(m.id, m);
+      spdlog::info("migration '{}': exported {} disk(s) on {}", m.id, m.export_ids.size(),
+                   m.socket);
+    }
+    if (alive.expired()) {
+      if (!check_only) {
+        migrations_.erase(m.id);
+        co_await teardown(m, "the channel closed during PREPARE");
+      }
+      co_return;
+    }
+    std::vector<std::uint8_t> out;
+    tunnel::encode_prepare_result(out, result);
+    channel->reply(call, out);
+  } catch (const std::exception& e) {
+    const std::string msg = fmt::format("destination QEMU ({}): {}", qmp_path_, e.what());
+    fail(tunnel::ErrorCode::target_unavailable, msg);
+    if (m.server_started) {
+      migrations_.erase(m.id);
+      spawn(teardown(m, "PREPARE failed"));
+    }
+  }
+}
+
+boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
+                                                    tunnel::Channel* channel,
+                                                    tunnel::PacketHeader call,
+                                                    std::vector<std::uint8_t> body) {
+  tunnel::Finish req;
+  if (std::string e = tunnel::decode_finish(body, req); !e.empty()) {
+    if (!alive.expired()) channel->reply_error(call, tunnel::ErrorCode::protocol, e);
+    co_return;
+  }
+  auto it = migrations_.find(req.migration_id);
+  if (it == migrations_.end()) {
+    if (!alive.expired()) {
+      channel->reply_error(call, tunnel::ErrorCode::protocol,
+                           fmt::format("no prepared migration '{}'", req.migration_id));
+    }
+    co_return;
+  }
+  Migration m = it->second;
+  migrations_.erase(it);
+  const bool abort = (req.flags & tunnel::kFinishAbort) != 0;
+  co_await teardown(m, abort ? "aborted by the source" : "finished");
+  if (!alive.expired()) channel->reply(call);
+}
+
+boost::asio::awaitable<void> DestMigrations::teardown(Migration m, std::string why) {
+  spdlog::info("migration '{}': removing its exports ({})", m.id, why);
+  try {
+    qmp::QmpClient& q = *co_await client();
+    for (const std::string& id : m.export_ids) {
+      try {
+        nlohmann::json args = nlohmann::json::object();
+        args["id"] = id;
+        args["mode"] = "hard";  // drop clients still connected: the migration is over
+        co_await q.execute("block-export-del", std::move(args));
+        co_await q.wait_event(
+            "BLOCK_EXPORT_DELETED",
+            [&](const nlohmann::json& e) { return e["data"].value("id", "") == id; },
+            std::chrono::seconds(10));
+      } catch (const std::exception& e) {
+        spdlog::warn("migration '{}': removing export {}: {}", m.id, id, e.what());
+      }
+    }
+    if (m.server_started) co_await qmp::nbd_server_stop(q);
+  } catch (const std::exception& e) {
+    spdlog::warn("migration '{}': cleanup on {}: {}", m.id, qmp_path_, e.what());
+  }
+  ::unlink(m.socket.c_str());
+}
+
+void DestMigrations::channel_closed(tunnel::Channel& channel) {
+  for (auto it = migrations_.begin(); it != migrations_.end();) {
+    if (it->second.owner == &channel) {
+      spawn(teardown(it->second, "its channel closed"));
+      it = migrations_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void DestMigrations::shutdown(std::function<void()> done) {
+  for (auto& [id, m] : migrations_) spawn(teardown(m, "the daemon is stopping"));
+  migrations_.clear();
+  on_idle_ = std::move(done);
+  maybe_idle();
+}
+
+}  // namespace nbdtunnel::engine

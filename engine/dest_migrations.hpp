@@ -1,0 +1,67 @@
+#pragma once
+// The destination's side of `nbdtunnel migrate`: PREPARE checks the destination QEMU's nodes and
+// exports them through an NBD server on a private UNIX socket; FINISH (or an abort, or the
+// channel dying) removes exactly what PREPARE created.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "qmp/qmp_client.hpp"
+#include "tunnel/channel.hpp"
+
+namespace nbdtunnel::engine {
+
+class DestMigrations {
+ public:
+  // qmp_path: the destination QEMU's QMP socket ("" = PREPARE is refused).
+  // run_dir: a private directory for the NBD server sockets.
+  DestMigrations(boost::asio::io_context& io, std::string qmp_path, std::string run_dir);
+  ~DestMigrations();
+
+  // Serves a PREPARE or FINISH call arriving on channel.
+  void on_call(tunnel::Channel& channel, const tunnel::PacketHeader& call,
+               std::span<const std::uint8_t> body);
+  // The socket for an OPEN_TUNNEL target "migration/<id>", if such a migration is prepared.
+  std::optional<std::string> resolve(const std::string& target) const;
+  // Aborts the migrations prepared over a channel that has closed.
+  void channel_closed(tunnel::Channel& channel);
+  // Aborts every migration; done runs when all cleanup has finished.
+  void shutdown(std::function<void()> done);
+  bool idle() const { return migrations_.empty() && busy_ == 0; }
+
+ private:
+  struct Migration {
+    std::string id;
+    const tunnel::Channel* owner = nullptr;
+    std::string socket;
+    std::vector<std::string> export_ids;
+    bool server_started = false;
+  };
+
+  boost::asio::awaitable<void> prepare(std::weak_ptr<bool> alive, tunnel::Channel* channel,
+                                       tunnel::PacketHeader call, std::vector<std::uint8_t> body);
+  boost::asio::awaitable<void> finish(std::weak_ptr<bool> alive, tunnel::Channel* channel,
+                                      tunnel::PacketHeader call, std::vector<std::uint8_t> body);
+  boost::asio::awaitable<void> teardown(Migration m, std::string why);
+  boost::asio::awaitable<qmp::QmpClient*> client();
+  void spawn(boost::asio::awaitable<void> work);
+  void maybe_idle();
+
+  boost::asio::io_context& io_;
+  std::string qmp_path_;
+  std::string run_dir_;
+  std::unique_ptr<qmp::QmpClient> qmp_;
+  std::map<std::string, Migration> migrations_;
+  int busy_ = 0;  // coroutines in flight
+  std::function<void()> on_idle_;
+};
+
+}  // namespace nbdtunnel::engine

@@ -1,0 +1,726 @@
+#include "engine/migration.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <set>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "engine/control_server.hpp"
+#include "engine/host_identity.hpp"
+#include "engine/private_dir.hpp"
+#include "engine/progress.hpp"
+#include "qmp/block_jobs.hpp"
+#include "qmp/qmp_client.hpp"
+#include "qmp/qmp_error.hpp"
+#include "tunnel/ring.hpp"
+#include "tunnel/unix_socket.hpp"
+
+namespace nbdtunnel::engine {
+
+namespace {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+// An error that ends the migration with an exit code; the first one thrown wins.
+struct Failure : std::runtime_error {
+  Failure(int c, std::string ph, std::string d, const std::string& msg)
+      : std::runtime_error(msg), code(c), phase(std::move(ph)), disk(std::move(d)) {}
+  int code;
+  std::string phase;
+  std::string disk;
+};
+
+struct CallResult {
+  bool ok = false;
+  std::vector<std::uint8_t> body;
+  std::string error;
+};
+
+struct DiskState {
+  DiskSpec spec;
+  std::uint64_t size = 0;
+  std::string job_id;
+  std::string target_node;
+  bool node_added = false;
+  bool job_started = false;
+  bool job_ended = false;
+  bool ready = false;
+  std::string error;
+  std::uint64_t done = 0, total = 0;
+  double rate_bps = 0;
+  std::chrono::steady_clock::time_point sampled{};
+};
+
+class Migration {
+ public:
+  Migration(asio::io_context& io, tunnel::Ring& ring, MigrateOptions o,
+            std::unique_ptr<ProgressReporter> reporter)
+      : io_(io), ring_(ring), o_(std::move(o)), report_(std::move(reporter)), wake_(io) {
+    for (std::size_t i = 0; i < o_.disks.size(); ++i) {
+      DiskState d;
+      d.spec = o_.disks[i];
+      d.job_id = fmt::format("nbdtunnel-mirror-{}", i);
+      d.target_node = fmt::format("nbdtunnel-target-{}", i);
+      disks_.push_back(std::move(d));
+    }
+  }
+
+  awaitable<int> run();
+  void request_cancel(const std::string& why) {
+    if (cancel_requested_) return;
+    cancel_requested_ = true;
+    cancel_reason_ = why;
+    spdlog::info("cancel requested: {}", why);
+    wake();
+  }
+  // Tears down what is left if run() could not (e.g. its coroutine was interrupted).
+  void close_channel() {
+    if (channel_ && !channel_->closing()) channel_->close("migration over");
+  }
+  bool channel_done() const { return !channel_ || channel_closed_; }
+
+ private:
+  awaitable<void> connect_source();
+  awaitable<void> connect_dest();
+  awaitable<bool> run_checks();
+  awaitable<void> prepare();
+  void open_tunnel_socket();
+  awaitable<void> start_mirrors();
+  awaitable<bool> wait_ready();
+  awaitable<bool> wait_finish_command();
+  awaitable<void> complete();
+  awaitable<void> cleanup();
+  awaitable<CallResult> call(tunnel::Proc proc, std::vector<std::uint8_t> body,
+                             std::chrono::milliseconds timeout);
+  awaitable<void> poll_progress();
+  awaitable<void> nap(std::chrono::milliseconds d);
+  awaitable<json> control(const std::string& command, const json& args);
+  void on_qmp_event(const json& event);
+  void check_failures(const std::string& phase);
+  void set_phase(const std::string& p) {
+    phase_ = p;
+    report_->phase(p);
+  }
+  std::uint64_t per_disk_speed() const {
+    if (bandwidth_mib_ <= 0 || disks_.empty()) return 0;
+    return static_cast<std::uint64_t>(bandwidth_mib_ * 1024 * 1024 /
+                                      static_cast<double>(disks_.size()));
+  }
+  void wake() { wake_.cancel(); }
+  DiskState* disk_by_job(const std::string& job) {
+    for (auto& d : disks_) {
+      if (d.job_id == job) return &d;
+    }
+    return nullptr;
+  }
+
+  asio::io_context& io_;
+  tunnel::Ring& ring_;
+  MigrateOptions o_;
+  std::unique_ptr<ProgressReporter> report_;
+  asio::steady_timer wake_;
+  std::vector<DiskState> disks_;
+  std::string phase_ = "connect";
+  double bandwidth_mib_ = 0;
+
+  std::unique_ptr<qmp::QmpClient> src_;
+  std::unique_ptr<tunnel::Channel> channel_;
+  bool channel_ready_ = false;
+  bool channel_closed_ = false;
+  std::string channel_close_reason_;
+  std::string dest_target_;
+  bool prepared_ = false;
+  PrivateDir tunnel_dir_;
+  std::string tunnel_socket_;
+  std::unique_ptr<tunnel::Acceptor> acceptor_;
+  std::unique_ptr<ControlServer> control_;
+
+  bool cancel_requested_ = false;
+  std::string cancel_reason_;
+  bool finish_requested_ = false;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+};
+
+awaitable<void> Migration::nap(std::chrono::milliseconds d) {
+  wake_.expires_after(d);
+  co_await wake_.async_wait(asio::as_tuple(use_awaitable));
+}
+
+void Migration::on_qmp_event(const json& event) {
+  const std::string name = event.value("event", "");
+  if (!event.contains("data") || !event["data"].is_object()) return;
+  const json& data = event["data"];
+  DiskState* d = disk_by_job(data.value("device", ""));
+  if (d == nullptr) return;
+  if (name == "BLOCK_JOB_READY") {
+    if (!d->ready) {
+      d->ready = true;
+      report_->disk_ready(d->spec.node);
+    }
+  } else if (name == "BLOCK_JOB_COMPLETED" || name == "BLOCK_JOB_CANCELLED") {
+    d->job_ended = true;
+    if (data.contains("error") && data["error"].is_string()) {
+      d->error = data["error"].get<std::string>();
+    } else if (name == "BLOCK_JOB_CANCELLED" && !cancel_requested_ && phase_ != "completing") {
+      d->error = "the job was cancelled by someone else";
+    }
+    if (data.contains("offset") && data["offset"].is_number_unsigned()) {
+      d->done = data["offset"].get<std::uint64_t>();
+    }
+  }
+  wake();
+}
+
+// Throws the first failure a disk or the channel has reported.
+void Migration::check_failures(const std::string& phase) {
+  for (const DiskState& d : disks_) {
+    if (!d.error.empty()) {
+      throw Failure(kMigrateFailed, phase, d.spec.node,
+                    fmt::format("mirror of '{}' failed: {}", d.spec.node, d.error));
+    }
+    if (d.job_ended && phase != "completing") {
+      throw Failure(kMigrateFailed, phase, d.spec.node,
+                    fmt::format("mirror of '{}' ended unexpectedly", d.spec.node));
+    }
+  }
+  if (channel_closed_) {
+    throw Failure(kMigrateFailed, phase, "",
+                  fmt::format("channel to {} lost: {}", o_.dest.to_string(),
+                              channel_close_reason_));
+  }
+}
+
+awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_t> body,
+                                      std::chrono::milliseconds timeout) {
+  CallResult out;
+  if (!channel_ || channel_closed_) {
+    out.error = "the channel is closed";
+    co_return out;
+  }
+  auto result = std::make_shared<std::optional<CallResult>>();
+  auto timer = std::make_shared<asio::steady_timer>(io_, timeout);
+  channel_->call(proc, body,
+                 [result, timer](const tunnel::PacketHeader& h, std::span<const std::uint8_t> b) {
+                   CallResult r;
+                   r.ok = h.status == static_cast<std::uint32_t>(tunnel::PacketStatus::ok);
+                   if (r.ok) {
+                     r.body.assign(b.begin(), b.end());
+                   } else {
+                     tunnel::RemoteError e;
+                     const std::string err = tunnel::decode_remote_error(b, e);
+                     r.error = err.empty() ? e.message.value_or("no message") : err;
+                   }
+                   *result = std::move(r);
+                   timer->cancel();
+                 });
+  co_await timer->async_wait(asio::as_tuple(use_awaitable));
+  if (!*result) {
+    out.error = fmt::format("no reply within {} s", timeout.count() / 1000);
+    co_return out;
+  }
+  co_return std::move(**result);
+}
+
+awaitable<void> Migration::connect_source() {
+  src_ = std::make_unique<qmp::QmpClient>(io_.get_executor());
+  try {
+    co_await src_->connect(o_.source_qmp, 10s);
+  } catch (const std::exception& e) {
+    throw Failure(kMigrateUsage, "connect", "",
+                  fmt::format("source QMP {}: {}", o_.source_qmp, e.what()));
+  }
+  src_->on_event([this](const json& e) { on_qmp_event(e); });
+}
+
+awaitable<void> Migration::connect_dest() {
+  using namespace asio::experimental::awaitable_operators;
+  const std::string where = o_.dest.to_string();
+  asio::ip::tcp::resolver resolver(io_);
+  auto [rec, results] = co_await resolver.async_resolve(
+      o_.dest.host, std::to_string(o_.dest.port), asio::as_tuple(use_awaitable));
+  if (rec) {
+    throw Failure(kMigrateUsage, "connect", "",
+                  fmt::format("destination {}: cannot resolve: {}", where, rec.message()));
+  }
+  asio::ip::tcp::socket sock(io_);
+  asio::steady_timer timer(io_, o_.connect_timeout);
+  auto r = co_await (asio::async_connect(sock, results, asio::as_tuple(use_awaitable)) ||
+                     timer.async_wait(asio::as_tuple(use_awaitable)));
+  if (r.index() == 1) {
+    throw Failure(kMigrateUsage, "connect", "",
+                  fmt::format("destination {} unreachable: no answer within {} s", where,
+                              o_.connect_timeout.count() / 1000));
+  }
+  auto [cec, ep] = std::get<0>(r);
+  if (cec) {
+    throw Failure(kMigrateUsage, "connect", "",
+                  fmt::format("destination {} unreachable: {}", where, cec.message()));
+  }
+  tunnel::ChannelEvents events;
+  events.on_ready = [this](const tunnel::Hello&) {
+    channel_ready_ = true;
+    wake();
+  };
+  events.on_closed = [this](tunnel::Channel&, const std::string& reason) {
+    channel_closed_ = true;
+    channel_close_reason_ = reason;
+    wake();
+  };
+  channel_ = std::make_unique<tunnel::Channel>(
+      io_, ring_, tunnel::unique_fd(sock.release()), tunnel::Channel::Role::initiator, where,
+      o_.channel, std::move(events));
+  channel_->start();
+  const auto deadline = std::chrono::steady_clock::now() + o_.channel.handshake_timeout;
+  while (!channel_ready_ && !channel_closed_ && std::chrono::steady_clock::now() < deadline) {
+    co_await nap(100ms);
+  }
+  if (!channel_ready_) {
+    throw Failure(kMigrateUsage, "connect", "",
+                  fmt::format("destination {} is not an nbdtunnel dest: {}", where,
+                              channel_closed_ ? channel_close_reason_ : "no HELLO reply"));
+  }
+}
+
+awaitable<bool> Migration::run_checks() {
+  set_phase("checks");
+  CheckInputs in;
+  for (const DiskState& d : disks_) in.disks.push_back(d.spec);
+  in.destination = o_.dest.to_string();
+  in.source_host_id = o_.channel.host_id;
+  in.source_qemu_version = src_->qemu_version();
+  in.dest_hello = channel_->peer_hello();
+  try {
+    in.source_nodes = co_await qmp::query_named_block_nodes(*src_);
+    in.source_jobs = co_await qmp::query_block_jobs(*src_);
+  } catch (const std::exception& e) {
+    throw Failure(kMigrateFailed, "checks", "", fmt::format("source QEMU: {}", e.what()));
+  }
+  for (DiskState& d : disks_) {
+    auto size = source_size(in, d.spec.node);
+    if (!size) {
+      throw Failure(kMigrateUsage, "checks", d.spec.node,
+                    fmt::format("unknown disk '{}': no such node in the source QEMU ({})",
+                                d.spec.node, o_.source_qmp));
+    }
+    d.size = *size;
+  }
+  tunnel::Prepare req;
+  req.migration_id = o_.migration_id;
+  req.flags = tunnel::kPrepareCheckOnly;
+  for (const DiskState& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
+  std::vector<std::uint8_t> body;
+  tunnel::encode_prepare(body, req);
+  CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 30s);
+  if (r.ok) {
+    tunnel::PrepareResult pr;
+    if (std::string e = tunnel::decode_prepare_result(r.body, pr); !e.empty()) {
+      in.dest_error = "bad PREPARE reply: " + e;
+    } else {
+      in.dest = std::move(pr);
+    }
+  } else {
+    in.dest_error = "destination: " + r.error;
+  }
+  const std::vector<CheckResult> results = evaluate_checks(in);
+  report_->checks(results);
+  const bool any_fail = std::any_of(results.begin(), results.end(), [](const CheckResult& c) {
+    return c.verdict == CheckResult::Verdict::fail;
+  });
+  const bool any_warn = std::any_of(results.begin(), results.end(), [](const CheckResult& c) {
+    return c.verdict == CheckResult::Verdict::warn;
+  });
+  if (any_fail) {
+    throw Failure(kMigrateChecksFailed, "checks", "", "pre-migration checks failed");
+  }
+  if (any_warn && !o_.force) {
+    throw Failure(kMigrateChecksFailed, "checks", "",
+                  "pre-migration checks gave warnings; rerun with --force to go ahead");
+  }
+  co_return true;
+}
+
+awaitable<void> Migration::prepare() {
+  set_phase("prepare");
+  tunnel::Prepare req;
+  req.migration_id = o_.migration_id;
+  for (const DiskState& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
+  std::vector<std::uint8_t> body;
+  tunnel::encode_prepare(body, req);
+  CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 60s);
+  if (!r.ok) throw Failure(kMigrateFailed, "prepare", "", "destination: " + r.error);
+  tunnel::PrepareResult pr;
+  if (std::string e = tunnel::decode_prepare_result(r.body, pr); !e.empty() || pr.target.empty()) {
+    throw Failure(kMigrateFailed, "prepare", "", "bad PREPARE reply from the destination: " + e);
+  }
+  prepared_ = true;
+  dest_target_ = pr.target;
+}
+
+void Migration::open_tunnel_socket() {
+  std::string error;
+  if (!tunnel_dir_.create("nbdtunnel-migrate", error)) {
+    throw Failure(kMigrateFailed, "prepare", "", error);
+  }
+  tunnel_socket_ = tunnel_dir_.path() + "/nbd.sock";
+  tunnel::unique_fd fd = tunnel::listen_unix(tunnel_socket_, 0600, error);
+  if (!fd) throw Failure(kMigrateFailed, "prepare", "", error);
+  acceptor_ = std::make_unique<tunnel::Acceptor>(
+      ring_, std::move(fd), [this](tunnel::unique_fd c, int) {
+        if (!c) return;
+        if (!channel_ || !channel_->ready() || cancel_requested_) return;  // closes c
+        channel_->open_stream(std::move(c), dest_target_, tunnel_socket_);
+      });
+  acceptor_->start();
+}
+
+awaitable<void> Migration::start_mirrors() {
+  set_phase("mirror");
+  for (DiskState& d : disks_) {
+    if (cancel_requested_) co_return;
+    try {
+      co_await qmp::blockdev_add_nbd(*src_, d.target_node, tunnel_socket_, d.spec.dest_node);
+      d.node_added = true;
+      co_await qmp::blockdev_mirror(*src_, d.job_id, d.spec.node, d.target_node,
+                                    o_.shallow ? qmp::MirrorSync::top : qmp::MirrorSync::full,
+                                    per_disk_speed());
+      d.job_started = true;
+    } catch (const std::exception& e) {
+      throw Failure(kMigrateFailed, "mirror", d.spec.node,
+                    fmt::format("starting the mirror of '{}': {}", d.spec.node, e.what()));
+    }
+  }
+}
+
+awaitable<void> Migration::poll_progress() {
+  std::vector<qmp::BlockJobInfo> jobs;
+  try {
+    jobs = co_await qmp::query_block_jobs(*src_);
+  } catch (const std::exception& e) {
+    spdlog::debug("query-block-jobs: {}", e.what());
+    co_return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<DiskProgress> out;
+  for (DiskState& d : disks_) {
+    for (const auto& j : jobs) {
+      if (j.id != d.job_id) continue;
+      if (d.sampled != std::chrono::steady_clock::time_point{} && j.offset >= d.done) {
+        const double dt = std::chrono::duration<double>(now - d.sampled).count();
+        if (dt > 0) {
+          const double inst = static_cast<double>(j.offset - d.done) / dt;
+          d.rate_bps = d.rate_bps == 0 ? inst : 0.7 * d.rate_bps + 0.3 * inst;
+        }
+      }
+      d.done = j.offset;
+      d.total = j.len;
+      d.sampled = now;
+    }
+    DiskProgress p;
+    p.disk = d.spec.node;
+    p.done = d.done;
+    p.total = d.total;
+    p.rate_bps = d.rate_bps;
+    p.ready = d.ready;
+    if (d.rate_bps > 1 && d.total >= d.done) {
+      p.eta_s = static_cast<double>(d.total - d.done) / d.rate_bps;
+    }
+    out.push_back(p);
+  }
+  report_->progress(out);
+}
+
+awaitable<bool> Migration::wait_ready() {
+  for (;;) {
+    if (cancel_requested_) co_return false;
+    check_failures("mirror");
+    if (std::all_of(disks_.begin(), disks_.end(), [](const DiskState& d) { return d.ready; })) {
+      co_await poll_progress();
+      co_return true;
+    }
+    co_await poll_progress();
+    co_await nap(250ms);
+  }
+}
+
+awaitable<bool> Migration::wait_finish_command() {
+  set_phase("ready");
+  report_->ready();
+  report_->info(control_ ? fmt::format("disks are in sync; send \"finish\" or \"cancel\" on {}",
+                                       o_.control_socket)
+                         : "disks are in sync; press Ctrl-C to cancel");
+  while (!finish_requested_) {
+    if (cancel_requested_) co_return false;
+    check_failures("ready");
+    co_await poll_progress();
+    co_await nap(500ms);
+  }
+  co_return true;
+}
+
+awaitable<void> Migration::complete() {
+  set_phase("completing");
+  for (DiskState& d : disks_) {
+    try {
+      co_await qmp::block_job_cancel(*src_, d.job_id, false);
+    } catch (const std::exception& e) {
+      throw Failure(kMigrateFailed, "completing", d.spec.node,
+                    fmt::format("completing the mirror of '{}': {}", d.spec.node, e.what()));
+    }
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (!std::all_of(disks_.begin(), disks_.end(), [](const DiskState& d) { return d.job_ended; })) {
+    check_failures("completing");
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw Failure(kMigrateFailed, "completing", "", "mirror jobs did not complete in 120 s");
+    }
+    co_await nap(100ms);
+  }
+  check_failures("completing");
+  for (DiskState& d : disks_) {
+    d.job_started = false;
+    report_->disk_completed(d.spec.node);
+  }
+  set_phase("finishing");
+  for (DiskState& d : disks_) {
+    try {
+      co_await qmp::blockdev_del(*src_, d.target_node);
+      d.node_added = false;
+    } catch (const std::exception& e) {
+      throw Failure(kMigrateFailed, "finishing", d.spec.node,
+                    fmt::format("detaching '{}': {}", d.target_node, e.what()));
+    }
+  }
+  std::vector<std::uint8_t> body;
+  tunnel::encode_finish(body, tunnel::Finish{o_.migration_id, 0});
+  CallResult r = co_await call(tunnel::Proc::finish, std::move(body), 60s);
+  if (!r.ok) throw Failure(kMigrateFailed, "finishing", "", "destination FINISH: " + r.error);
+  prepared_ = false;
+}
+
+// Leaves both hosts clean: tunnel sockets first, then the jobs, the nodes, the exports.
+awaitable<void> Migration::cleanup() {
+  if (acceptor_) acceptor_->stop();
+  if (channel_ && !channel_closed_) channel_->abort_streams("migration cancelled");
+  if (src_ && src_->is_connected()) {
+    for (DiskState& d : disks_) {
+      if (!d.job_started || d.job_ended) continue;
+      try {
+        co_await qmp::block_job_cancel(*src_, d.job_id, true);
+      } catch (const std::exception& e) {
+        spdlog::warn("cleanup: cancelling job {}: {}", d.job_id, e.what());
+      }
+    }
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (std::chrono::steady_clock::now() < deadline &&
+           std::any_of(disks_.begin(), disks_.end(),
+                       [](const DiskState& d) { return d.job_started && !d.job_ended; })) {
+      co_await nap(100ms);
+    }
+    for (DiskState& d : disks_) {
+      if (!d.node_added) continue;
+      try {
+        co_await qmp::blockdev_del(*src_, d.target_node);
+        d.node_added = false;
+      } catch (const std::exception& e) {
+        spdlog::warn("cleanup: detaching node {}: {}", d.target_node, e.what());
+      }
+    }
+  }
+  if (prepared_ && channel_ && !channel_closed_) {
+    std::vector<std::uint8_t> body;
+    tunnel::encode_finish(body, tunnel::Finish{o_.migration_id, tunnel::kFinishAbort});
+    CallResult r = co_await call(tunnel::Proc::finish, std::move(body), 30s);
+    if (!r.ok) spdlog::warn("cleanup: destination FINISH (abort): {}", r.error);
+    prepared_ = false;
+  }
+}
+
+awaitable<json> Migration::control(const std::string& command, const json& args) {
+  if (command == "query-migration") {
+    json disks = json::array();
+    for (const DiskState& d : disks_) {
+      json j = json::object();
+      j["disk"] = d.spec.node;
+      j["done"] = d.done;
+      j["total"] = d.total;
+      j["ready"] = d.ready;
+      disks.push_back(j);
+    }
+    json out = json::object();
+    out["phase"] = phase_;
+    out["migration-id"] = o_.migration_id;
+    out["bandwidth-mib-s"] = bandwidth_mib_;
+    out["disks"] = disks;
+    co_return out;
+  }
+  if (command == "set-bandwidth") {
+    if (!args.contains("mib-per-sec") || !args["mib-per-sec"].is_number() ||
+        args["mib-per-sec"].get<double>() < 0) {
+      throw ControlError("GenericError", "set-bandwidth needs \"mib-per-sec\": a number >= 0");
+    }
+    bandwidth_mib_ = args["mib-per-sec"].get<double>();
+    for (DiskState& d : disks_) {
+      if (d.job_started && !d.job_ended) {
+        co_await qmp::block_job_set_speed(*src_, d.job_id, per_disk_speed());
+      }
+    }
+    report_->info(fmt::format("bandwidth set to {} MiB/s", bandwidth_mib_));
+    co_return json::object();
+  }
+  if (command == "cancel") {
+    request_cancel("cancel command on the control socket");
+    co_return json::object();
+  }
+  if (command == "finish") {
+    if (!o_.finish_sync) {
+      throw ControlError("GenericError", "finish applies only to --finish sync migrations");
+    }
+    if (phase_ != "ready") {
+      throw ControlError("GenericError",
+                         fmt::format("the disks are not in sync yet (phase '{}')", phase_));
+    }
+    finish_requested_ = true;
+    wake();
+    co_return json::object();
+  }
+  throw ControlError("CommandNotFound", fmt::format("unknown command '{}'", command));
+}
+
+awaitable<int> Migration::run() {
+  bandwidth_mib_ = o_.bandwidth_mib;
+  int code = kMigrateDone;
+  std::string result = "completed";
+  try {
+    if (!o_.control_socket.empty()) {
+      control_ = std::make_unique<ControlServer>(
+          io_.get_executor(), o_.control_socket,
+          [this](const std::string& c, const json& a) { return control(c, a); });
+      try {
+        control_->start();
+      } catch (const std::exception& e) {
+        throw Failure(kMigrateUsage, "connect", "", e.what());
+      }
+    }
+    co_await connect_source();
+    co_await connect_dest();
+    co_await run_checks();
+    if (o_.check_only) {
+      report_->summary("checked", 0, 0);
+      co_return kMigrateDone;
+    }
+    if (cancel_requested_) throw Failure(kMigrateCancelled, phase_, "", cancel_reason_);
+    co_await prepare();
+    open_tunnel_socket();
+    co_await start_mirrors();
+    if (!co_await wait_ready()) throw Failure(kMigrateCancelled, phase_, "", cancel_reason_);
+    if (o_.finish_sync) {
+      if (!co_await wait_finish_command()) {
+        throw Failure(kMigrateCancelled, phase_, "", cancel_reason_);
+      }
+    }
+    co_await complete();
+  } catch (const Failure& f) {
+    code = f.code;
+    result = code == kMigrateCancelled ? "cancelled" : "failed";
+    if (code == kMigrateCancelled) {
+      report_->error(f.phase, f.disk, "cancelled: " + std::string(f.what()));
+    } else {
+      report_->error(f.phase, f.disk, f.what());
+    }
+  } catch (const std::exception& e) {
+    code = kMigrateFailed;
+    result = "failed";
+    report_->error(phase_, "", e.what());
+  }
+  if (code != kMigrateDone) {
+    set_phase("cancelling");
+    co_await cleanup();
+  }
+  std::uint64_t bytes = 0;
+  for (const DiskState& d : disks_) bytes += d.done;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  set_phase("done");
+  report_->summary(result, bytes, seconds);
+  if (control_) control_->stop();
+  if (acceptor_) acceptor_->stop();
+  if (src_) src_->close();
+  close_channel();
+  co_return code;
+}
+
+std::string new_migration_id() {
+  return fmt::format("{:x}{:x}", static_cast<unsigned>(::getpid()),
+                     static_cast<unsigned>(
+                         std::chrono::steady_clock::now().time_since_epoch().count() & 0xffffff));
+}
+
+}  // namespace
+
+int run_migration(MigrateOptions options) {
+  asio::io_context io;
+  std::unique_ptr<tunnel::Ring> ring;
+  try {
+    ring = std::make_unique<tunnel::Ring>(io);
+  } catch (const std::exception& e) {
+    spdlog::error("cannot set up io_uring: {}", e.what());
+    return kMigrateFailed;
+  }
+  if (options.migration_id.empty()) options.migration_id = new_migration_id();
+  std::FILE* out = stdout;
+  auto reporter = ProgressReporter::make(options.json, out, ::isatty(::fileno(out)) != 0);
+  Migration m(io, *ring, std::move(options), std::move(reporter));
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  std::function<void(const boost::system::error_code&, int)> on_signal =
+      [&](const boost::system::error_code& ec, int sig) {
+        if (ec) return;
+        m.request_cancel(sig == SIGINT ? "SIGINT" : "SIGTERM");
+        signals.async_wait(on_signal);
+      };
+  signals.async_wait(on_signal);
+
+  std::optional<int> code;
+  asio::co_spawn(io, m.run(), [&](std::exception_ptr e, int rc) {
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::error("migration aborted: {}", ex.what());
+      }
+      rc = kMigrateFailed;
+    }
+    code = rc;
+  });
+  while (!code) io.run_one();
+  signals.cancel();
+  // Let the channel and the ring finish their I/O (bounded).
+  m.close_channel();
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while ((!m.channel_done() || ring->in_flight() > 0) &&
+         std::chrono::steady_clock::now() < deadline) {
+    io.run_one_for(100ms);
+  }
+  std::fflush(stdout);
+  return *code;
+}
+
+}  // namespace nbdtunnel::engine
