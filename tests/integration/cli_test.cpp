@@ -1,0 +1,70 @@
+// The command line: help, version and bad arguments.
+#include <gtest/gtest.h>
+
+#include "tests/integration/harness/process.hpp"
+#include "tests/integration/harness/temp_dir.hpp"
+#include "tests/integration/harness/tunnel.hpp"
+
+namespace nbdtunnel::testing {
+namespace {
+
+struct Run {
+  std::optional<int> code;
+  std::string output;
+};
+
+Run run_nbdtunnel(const TempDir& dir, std::vector<std::string> args) {
+  static int counter = 0;
+  args.insert(args.begin(), nbdtunnel_binary());
+  Process p("nbdtunnel", std::move(args), dir.file("cli" + std::to_string(counter++) + ".log"));
+  auto code = p.wait_exit(Seconds(5));
+  return {code, p.log()};
+}
+
+TEST(Cli, HelpAndVersion) {
+  TempDir dir;
+  auto top = run_nbdtunnel(dir, {"--help"});
+  EXPECT_EQ(top.code, 0) << top.output;
+  EXPECT_NE(top.output.find("dest"), std::string::npos) << top.output;
+  EXPECT_NE(top.output.find("source"), std::string::npos) << top.output;
+
+  auto dest = run_nbdtunnel(dir, {"dest", "--help"});
+  EXPECT_EQ(dest.code, 0) << dest.output;
+  for (const char* option : {"--listen", "--target", "--handshake-timeout", "--log-level"}) {
+    EXPECT_NE(dest.output.find(option), std::string::npos) << option << " in\n" << dest.output;
+  }
+
+  auto source = run_nbdtunnel(dir, {"source", "--help"});
+  EXPECT_EQ(source.code, 0) << source.output;
+  for (const char* option : {"--connect", "--forward", "--socket-mode", "--log-level"}) {
+    EXPECT_NE(source.output.find(option), std::string::npos) << option << " in\n" << source.output;
+  }
+
+  auto version = run_nbdtunnel(dir, {"--version"});
+  EXPECT_EQ(version.code, 0) << version.output;
+  EXPECT_NE(version.output.find(NBDTUNNEL_VERSION), std::string::npos) << version.output;
+}
+
+TEST(Cli, BadArgumentsExit2) {
+  TempDir dir;
+  const std::string sock = dir.file("s.sock");
+  const std::vector<std::vector<std::string>> cases = {
+      {"source", "--connect", "127.0.0.1:1", "--forward", "nonsense"},
+      {"source", "--connect", "noport", "--forward", sock + "=nbd"},
+      {"dest", "--listen", "noport", "--target", "nbd=" + sock},
+      {"dest", "--listen", "127.0.0.1:0", "--target", "nonsense"},
+      {"dest", "--listen", "127.0.0.1:0", "--target", "nbd=" + sock, "--frobnicate"},
+      {"dest", "--listen", "127.0.0.1:0", "--target", "nbd=" + sock, "--log-level", "loud"},
+      {"teleport"},
+  };
+  for (const auto& args : cases) {
+    std::string line;
+    for (const auto& a : args) line += a + " ";
+    auto r = run_nbdtunnel(dir, args);
+    EXPECT_EQ(r.code, 2) << "nbdtunnel " << line << "\n" << r.output;
+    EXPECT_FALSE(r.output.empty()) << "nbdtunnel " << line << " exited without a message";
+  }
+}
+
+}  // namespace
+}  // namespace nbdtunnel::testing
