@@ -37,6 +37,7 @@ struct CommonOptions {
   std::uint32_t window = 2u << 20;
   std::uint32_t chunk = 256u << 10;
   std::string host_id;
+  std::string copy_mode = "copy";
 };
 
 void add_common(CLI::App* cmd, CommonOptions& o) {
@@ -58,6 +59,12 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("--chunk", o.chunk, "largest payload of one STREAM packet, in bytes")
       ->check(CLI::Range(std::uint32_t{4096}, static_cast<std::uint32_t>(tunnel::kMaxStreamPayload)))
       ->capture_default_str();
+  cmd->add_option("--copy-mode", o.copy_mode,
+                  "how bytes from the channel reach local sockets: copy (recv into a buffer, "
+                  "send from it) or splice (socket → pipe → socket in the kernel); the other "
+                  "direction always copies (measured faster, see bench/)")
+      ->check(CLI::IsMember({"copy", "splice"}))
+      ->capture_default_str();
   cmd->add_option("--host-id", o.host_id,
                   "identity sent to the peer (default: /etc/machine-id)");
 }
@@ -71,6 +78,7 @@ tunnel::ChannelConfig channel_config(const CommonOptions& o) {
       std::chrono::milliseconds(static_cast<long>(o.keepalive_interval * 1000));
   c.host_id = o.host_id.empty() ? engine::machine_id() : o.host_id;
   c.hostname = engine::host_name();
+  c.splice_rx = o.copy_mode == "splice";
   return c;
 }
 

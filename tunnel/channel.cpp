@@ -46,7 +46,13 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, unique_fd socket, Role
       iov_(kMaxIov),
       handshake_timer_(io),
       keepalive_timer_(io) {
-  read_op_.set_handler([this](int res, std::uint32_t) { on_read(res); });
+  read_op_.set_handler([this](int res, std::uint32_t) {
+    if (config_.splice_rx) {
+      on_read_spliced(res);
+    } else {
+      on_read(res);
+    }
+  });
   write_op_.set_handler([this](int res, std::uint32_t) { on_write(res); });
   const int one = 1;
   ::setsockopt(socket_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -56,6 +62,7 @@ Channel::~Channel() { *alive_ = false; }
 
 void Channel::start() {
   last_rx_ = std::chrono::steady_clock::now();
+  wanted_ = kPrefixSize;
   start_timers();
   arm_read();
   if (role_ == Role::initiator) {
@@ -115,7 +122,107 @@ void Channel::on_keepalive_tick() {
 void Channel::arm_read() {
   if (closing_ || read_op_.busy()) return;
   io_uring_sqe* sqe = ring_.prepare(read_op_);
-  io_uring_prep_recv(sqe, socket_.get(), rbuf_.data() + rend_, rbuf_.size() - rend_, 0);
+  if (!config_.splice_rx) {
+    io_uring_prep_recv(sqe, socket_.get(), rbuf_.data() + rend_, rbuf_.size() - rend_, 0);
+    return;
+  }
+  switch (step_) {
+    case ReadStep::prefix:
+    case ReadStep::body:
+    case ReadStep::discard:
+      io_uring_prep_recv(sqe, socket_.get(), rbuf_.data() + rend_, wanted_, MSG_WAITALL);
+      return;
+    case ReadStep::splice:
+      io_uring_prep_splice(sqe, socket_.get(), -1, splice_stream_->pipe_write_fd(), -1,
+                           static_cast<unsigned>(wanted_), SPLICE_F_MOVE);
+      return;
+  }
+}
+
+// Splice receive path: read exactly the prefix, then either the body (control packets, or a
+// payload its stream cannot take by splice) or splice the payload straight into the stream.
+void Channel::on_read_spliced(int res) {
+  if (step_ == ReadStep::splice && splice_stream_) splice_stream_->set_splicing(false);
+  if (closing_) {
+    maybe_finish_close();
+    return;
+  }
+  if (res == 0) {
+    spdlog::info("{}: peer closed the connection", peer_);
+    close("peer closed the connection");
+    return;
+  }
+  if (res < 0) {
+    fail(fmt::format("receive failed: {}", std::strerror(-res)));
+    return;
+  }
+  last_rx_ = std::chrono::steady_clock::now();
+  const auto n = static_cast<std::size_t>(res);
+  wanted_ -= n;
+  if (step_ == ReadStep::splice) {
+    Stream* s = find(splice_serial_);
+    if (s == splice_stream_) s->on_spliced(n);
+    if (s != splice_stream_) release(*splice_stream_);  // closed meanwhile: reap it now
+    if (wanted_ > 0 && (s != splice_stream_ || s->state() != Stream::State::open)) {
+      step_ = ReadStep::discard;  // the stream went away mid-payload: drop the rest
+    }
+  } else {
+    rend_ += n;
+  }
+  if (wanted_ == 0) {
+    switch (step_) {
+      case ReadStep::prefix: {
+        DecodeResult d = decode_prefix(std::span<const std::uint8_t>(rbuf_.data(), rend_));
+        if (d.status != DecodeResult::Status::frame) {
+          fail(fmt::format("malformed data from peer: {}", d.error));
+          return;
+        }
+        on_prefix(d.header);
+        break;
+      }
+      case ReadStep::body:
+        handle(current_, std::span<const std::uint8_t>(rbuf_.data() + kPrefixSize,
+                                                       current_.length - kPrefixSize));
+        step_ = ReadStep::prefix;
+        break;
+      case ReadStep::splice:
+      case ReadStep::discard:
+        step_ = ReadStep::prefix;
+        break;
+    }
+    if (closing_) return;
+    if (step_ == ReadStep::prefix) {
+      rend_ = 0;
+      wanted_ = kPrefixSize;
+    }
+  } else if (step_ == ReadStep::discard) {
+    rend_ = 0;  // discarded bytes need no room
+  }
+  if (step_ == ReadStep::splice) splice_stream_->set_splicing(true);
+  arm_read();
+}
+
+void Channel::on_prefix(const PacketHeader& h) {
+  current_ = h;
+  const std::size_t body = h.length - kPrefixSize;
+  if (body == 0) {
+    handle(h, {});
+    step_ = ReadStep::prefix;
+    return;
+  }
+  Stream* s = nullptr;
+  if (h.program == kProgram && h.type == static_cast<std::uint32_t>(PacketType::stream) &&
+      h.status == static_cast<std::uint32_t>(PacketStatus::cont)) {
+    s = find(h.serial);
+  }
+  if (s != nullptr && s->can_splice(body)) {
+    step_ = ReadStep::splice;
+    splice_serial_ = h.serial;
+    splice_stream_ = s;
+  } else {
+    step_ = ReadStep::body;
+  }
+  wanted_ = body;
 }
 
 void Channel::on_read(int res) {
@@ -315,7 +422,7 @@ void Channel::handle_open(const PacketHeader& h, std::span<const std::uint8_t> b
   }
   const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
   auto stream = std::make_unique<Stream>(*this, h.serial, open.target, *path, unique_fd{},
-                                         config_.window, chunk);
+                                         config_.window, chunk, config_.splice_rx);
   Stream& s = *stream;
   streams_.emplace(h.serial, std::move(stream));
   s.connect(*path);
@@ -354,7 +461,7 @@ void Channel::open_stream(unique_fd local, const std::string& target, const std:
   const std::uint32_t serial = next_serial_++;
   const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
   streams_.emplace(serial, std::make_unique<Stream>(*this, serial, target, tag, std::move(local),
-                                                    config_.window, chunk));
+                                                    config_.window, chunk, config_.splice_rx));
   std::vector<std::uint8_t> body;
   encode_open_tunnel(body, OpenTunnel{target, 0});
   send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),

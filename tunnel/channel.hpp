@@ -34,6 +34,9 @@ struct ChannelConfig {
   unsigned keepalive_count = 6;          // intervals of silence before the peer is declared dead
   std::string host_id;                   // sent in HELLO
   std::string hostname;                  // sent in HELLO
+  // Receive path: false = recv into a buffer and copy each payload into its stream's window;
+  // true = read headers, then splice each STREAM payload from the socket into the stream's pipe.
+  bool splice_rx = false;
 };
 
 class Channel;
@@ -105,6 +108,8 @@ class Channel {
 
   void arm_read();
   void on_read(int res);
+  void on_read_spliced(int res);
+  void on_prefix(const PacketHeader& h);
   void handle(const PacketHeader& h, std::span<const std::uint8_t> body);
   void handle_hello_call(const PacketHeader& h, std::span<const std::uint8_t> body);
   void handle_hello_reply(const PacketHeader& h, std::span<const std::uint8_t> body);
@@ -147,6 +152,13 @@ class Channel {
   // Read side.
   std::vector<std::uint8_t> rbuf_;
   std::size_t rstart_ = 0, rend_ = 0;
+  // Splice receive path: what the read in flight is for.
+  enum class ReadStep { prefix, body, splice, discard };
+  ReadStep step_ = ReadStep::prefix;
+  PacketHeader current_{};
+  std::size_t wanted_ = 0;  // bytes of the current step still to read
+  std::uint32_t splice_serial_ = 0;
+  Stream* splice_stream_ = nullptr;
   Op read_op_;
 
   // Write side.

@@ -17,6 +17,20 @@ void store_be32(std::uint8_t* p, std::uint32_t v) {
 }
 }  // namespace
 
+DecodeResult decode_prefix(std::span<const std::uint8_t> in, std::size_t max_packet) {
+  DecodeResult r;
+  if (in.size() < kLengthSize) return r;
+  const std::uint32_t length = load_be32(in.data());
+  if (length < kPrefixSize || length > max_packet) return decode_packet(in.first(4), max_packet);
+  if (in.size() < kPrefixSize) return r;
+  const std::uint8_t* p = in.data();
+  r.status = DecodeResult::Status::frame;
+  r.header = PacketHeader{length,           load_be32(p + 4),  load_be32(p + 8), load_be32(p + 12),
+                          load_be32(p + 16), load_be32(p + 20), load_be32(p + 24)};
+  r.consumed = kPrefixSize;
+  return r;
+}
+
 DecodeResult decode_packet(std::span<const std::uint8_t> in, std::size_t max_packet) {
   DecodeResult r;
   if (in.size() < kLengthSize) return r;

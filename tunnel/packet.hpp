@@ -24,6 +24,10 @@ struct DecodeResult {
 // can no longer be trusted. Unknown header values are not errors here; see check_header().
 DecodeResult decode_packet(std::span<const std::uint8_t> in, std::size_t max_packet = kMaxPacket);
 
+// Decodes the 28-byte prefix only (length word and header); status is frame (header filled,
+// consumed = 28, body empty) or error. Input shorter than the prefix is need_more.
+DecodeResult decode_prefix(std::span<const std::uint8_t> in, std::size_t max_packet = kMaxPacket);
+
 // Returns an error text if type or status are not values of this protocol, empty otherwise.
 std::string check_header(const PacketHeader& h);
 

@@ -1,5 +1,6 @@
 #include "tunnel/stream.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -15,14 +16,26 @@
 namespace nbdtunnel::tunnel {
 
 Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
-               unique_fd local, std::uint32_t window, std::uint32_t chunk)
+               unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice_rx)
     : channel_(channel),
       serial_(serial),
       target_(std::move(target)),
       tag_(std::move(tag)),
       local_(std::move(local)),
       chunk_(chunk),
-      rx_(window) {
+      window_(window) {
+  int fds[2];
+  if (splice_rx && ::pipe2(fds, O_CLOEXEC) == 0) {
+    pipe_r_.reset(fds[0]);
+    pipe_w_.reset(fds[1]);
+    // Room for the whole window even if pages arrive partly filled: twice the window.
+    if (::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(2 * window_)) < static_cast<int>(window_)) {
+      spdlog::debug("stream {}: pipe of {} bytes refused; receiving by copy", serial_, window_);
+      pipe_r_.reset();
+      pipe_w_.reset();
+    }
+  }
+  if (!pipe_r_) rx_.resize(window_);
   for (auto& b : tx_) b.bytes.resize(kPrefixSize + chunk_);
   recv_op_.set_handler([this](int res, std::uint32_t) { on_recv(res); });
   send_op_.set_handler([this](int res, std::uint32_t) { on_send(res); });
@@ -151,11 +164,22 @@ void Stream::on_packet(std::uint32_t status, std::span<const std::uint8_t> body)
         abort(ErrorCode::protocol, "peer sent data after its end-of-data", true);
         return;
       }
-      if (body.size() > rx_.size() - rx_used_) {
+      if (body.size() > window_ - rx_used_) {
         abort(ErrorCode::limit,
               fmt::format("peer sent {} bytes with only {} bytes of window left", body.size(),
-                          rx_.size() - rx_used_),
+                          window_ - rx_used_),
               true);
+        return;
+      }
+      if (pipe_w_) {
+        // A payload the channel did not splice (it arrived with other bytes): write it in.
+        const ssize_t n = ::write(pipe_w_.get(), body.data(), body.size());
+        if (n != static_cast<ssize_t>(body.size())) {
+          abort(ErrorCode::stream_io, "writing the stream pipe failed", true);
+          return;
+        }
+        rx_used_ += body.size();
+        arm_send();
         return;
       }
       // Copy into the ring, in at most two pieces.
@@ -185,8 +209,24 @@ void Stream::on_packet(std::uint32_t status, std::span<const std::uint8_t> body)
   }
 }
 
+bool Stream::can_splice(std::size_t n) const {
+  return pipe_w_ && state_ == State::open && !remote_eof_ && n <= window_ - rx_used_;
+}
+
+void Stream::on_spliced(std::size_t n) {
+  rx_used_ += n;
+  arm_send();
+}
+
 void Stream::arm_send() {
   if (state_ != State::open || send_op_.busy()) return;
+  if (rx_used_ > 0 && pipe_r_) {
+    sending_ = rx_used_;
+    io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
+    io_uring_prep_splice(sqe, pipe_r_.get(), -1, local_.get(), -1,
+                         static_cast<unsigned>(sending_), SPLICE_F_MOVE);
+    return;
+  }
   if (rx_used_ > 0) {
     sending_ = std::min(rx_used_, rx_.size() - rx_head_);
     io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
@@ -212,9 +252,8 @@ void Stream::on_send(int res) {
     return;
   }
   const auto sent = static_cast<std::size_t>(res);
-  rx_head_ = (rx_head_ + sent) % rx_.size();
   rx_used_ -= sent;
-  if (rx_used_ == 0) rx_head_ = 0;
+  if (!pipe_r_) rx_head_ = rx_used_ == 0 ? 0 : (rx_head_ + sent) % rx_.size();
   stats_.bytes_from_peer += sent;
   credit_owed_ += sent;
   grant_credit(false);
@@ -224,7 +263,7 @@ void Stream::on_send(int res) {
 void Stream::grant_credit(bool force) {
   // Batch credit: a message per quarter window, or whenever the window has drained.
   if (credit_owed_ == 0 || remote_eof_) return;
-  if (!force && credit_owed_ < rx_.size() / 4 && rx_used_ != 0) return;
+  if (!force && credit_owed_ < window_ / 4 && rx_used_ != 0) return;
   std::vector<std::uint8_t> body;
   encode_credit(body, static_cast<std::uint32_t>(credit_owed_));
   credit_owed_ = 0;
@@ -279,7 +318,7 @@ void Stream::close_local() {
 }
 
 bool Stream::idle() const {
-  return !recv_op_.busy() && !send_op_.busy() && !connect_op_.busy() &&
+  return !recv_op_.busy() && !send_op_.busy() && !connect_op_.busy() && !splicing_in_ &&
          std::none_of(tx_.begin(), tx_.end(),
                       [](const TxBuffer& b) { return b.use != TxBuffer::Use::free; });
 }

@@ -28,8 +28,10 @@ class Stream {
  public:
   enum class State { opening, open, closed };
 
+  // splice_rx: bytes from the peer go socket → pipe → local socket (no copy through user space)
+  // instead of through a receive ring.
   Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
-         unique_fd local, std::uint32_t window, std::uint32_t chunk);
+         unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice_rx);
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
@@ -47,6 +49,12 @@ class Stream {
   void on_packet(std::uint32_t status, std::span<const std::uint8_t> body);
   // A STREAM_CREDIT message for this stream arrived.
   void on_credit(std::uint32_t bytes);
+  // Splice receive path: true if a payload of n bytes may be spliced into this stream's pipe now.
+  bool can_splice(std::size_t n) const;
+  int pipe_write_fd() const { return pipe_w_.get(); }
+  // The channel is splicing into (busy) or has spliced n bytes into the pipe.
+  void set_splicing(bool busy) { splicing_in_ = busy; }
+  void on_spliced(std::size_t n);
   // The channel finished sending the packet held in tx buffer `index`.
   void on_buffer_sent(int index);
   // Ends the stream at once. If notify_peer, an ERROR packet tells the peer why.
@@ -90,8 +98,11 @@ class Stream {
   bool local_eof_ = false;
   Op recv_op_;
 
-  // Peer → local: a ring of window bytes.
+  // Peer → local: a ring of window bytes, or (splice_rx) a pipe holding up to window bytes.
+  std::size_t window_;
   std::vector<std::uint8_t> rx_;
+  unique_fd pipe_r_, pipe_w_;
+  bool splicing_in_ = false;
   std::size_t rx_head_ = 0;
   std::size_t rx_used_ = 0;
   std::size_t sending_ = 0;
