@@ -14,7 +14,7 @@ DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOpti
       migrations_(io, options_.qmp_path, options_.run_dir) {}
 
 bool DestServer::start(std::string& error) {
-  tunnel::unique_fd fd = tunnel::listen_tcp(options_.listen, error);
+  tunnel::unique_fd fd = tunnel::listen_tcp(options_.listen, error, options_.reuse_port);
   if (!fd) return false;
   bound_ = tunnel::local_endpoint(fd.get());
   acceptor_ = std::make_unique<tunnel::Acceptor>(

@@ -21,6 +21,7 @@ struct DestOptions {
   std::map<std::string, std::string> targets;  // name → UNIX socket path
   std::string qmp_path;                        // destination QEMU's QMP socket, for PREPARE
   std::string run_dir;                         // private directory for prepared NBD sockets
+  bool reuse_port = false;                     // several servers share the port (--threads)
   tunnel::ChannelConfig channel;
 };
 

@@ -2,15 +2,18 @@
 
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <functional>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -90,42 +93,66 @@ void setup_logging(const std::string& level) {
   spdlog::flush_on(spdlog::level::trace);
 }
 
-// Runs a role until SIGINT/SIGTERM, then stops it and waits (bounded) for its I/O to finish.
-template <class Role, class Options>
-int run_role(Options options) {
+// One thread running one instance of a role on its own io_context and ring.
+template <class Role>
+struct Worker {
   boost::asio::io_context io;
   std::unique_ptr<tunnel::Ring> ring;
-  try {
-    ring = std::make_unique<tunnel::Ring>(io);
-  } catch (const std::exception& e) {
-    spdlog::error("cannot set up io_uring: {} (is io_uring disabled by kernel.io_uring_disabled?)",
-                  e.what());
-    return kExitFailed;
+  std::unique_ptr<Role> role;
+  std::atomic<bool> stopped{false};
+  std::thread thread;
+};
+
+// Runs `threads` instances of a role (instance i > 0 gets its options through `adjust`) until
+// SIGINT/SIGTERM, then stops each and waits (bounded) for its I/O to finish.
+template <class Role, class Options>
+int run_role(Options options, unsigned threads,
+             std::function<void(Options&, const Role& first)> adjust = {}) {
+  std::vector<std::unique_ptr<Worker<Role>>> workers;
+  for (unsigned i = 0; i < threads; ++i) {
+    auto w = std::make_unique<Worker<Role>>();
+    try {
+      w->ring = std::make_unique<tunnel::Ring>(w->io);
+    } catch (const std::exception& e) {
+      spdlog::error("cannot set up io_uring: {} (is kernel.io_uring_disabled set?)", e.what());
+      return kExitFailed;
+    }
+    Options o = options;
+    if (i > 0 && adjust) adjust(o, *workers.front()->role);
+    w->role = std::make_unique<Role>(w->io, *w->ring, std::move(o));
+    std::string error;
+    if (!w->role->start(error)) {
+      spdlog::error("{}", error);
+      return kExitUsage;
+    }
+    workers.push_back(std::move(w));
   }
-  Role role(io, *ring, std::move(options));
-  std::string error;
-  if (!role.start(error)) {
-    spdlog::error("{}", error);
-    return kExitUsage;
+  std::atomic<std::int64_t> deadline{0};
+  for (auto& w : workers) {
+    w->thread = std::thread([&w = *w, &deadline] {
+      for (;;) {
+        w.io.run_one_for(std::chrono::milliseconds(200));
+        if (w.stopped && w.ring->in_flight() == 0) break;
+        const std::int64_t d = deadline;
+        if (d != 0 && std::chrono::steady_clock::now().time_since_epoch().count() > d) {
+          spdlog::warn("shutdown did not finish in 5 s; exiting anyway");
+          break;
+        }
+      }
+    });
   }
-  bool stopped = false;
-  std::chrono::steady_clock::time_point deadline{};
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  boost::asio::io_context main_io;
+  boost::asio::signal_set signals(main_io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int sig) {
     if (ec) return;
     spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    role.stop([&] { stopped = true; });
   });
-  for (;;) {
-    io.run_one_for(std::chrono::milliseconds(200));
-    if (stopped && ring->in_flight() == 0) break;
-    if (deadline != std::chrono::steady_clock::time_point{} &&
-        std::chrono::steady_clock::now() > deadline) {
-      spdlog::warn("shutdown did not finish in 5 s; exiting anyway");
-      break;
-    }
+  main_io.run();
+  deadline = (std::chrono::steady_clock::now() + std::chrono::seconds(5)).time_since_epoch().count();
+  for (auto& w : workers) {
+    boost::asio::post(w->io, [&w = *w] { w.role->stop([&w] { w.stopped = true; }); });
   }
+  for (auto& w : workers) w->thread.join();
   spdlog::info("stopped");
   return kExitOk;
 }
@@ -167,6 +194,12 @@ int main(int argc, char** argv) {
   dest->add_option("--run-dir", run_dir,
                    "directory for the NBD sockets of prepared migrations (default: a private "
                    "temporary directory)");
+  unsigned threads = 1;
+  dest->add_option("--threads", threads,
+                   "threads, each with its own io_uring, serving channels (the kernel spreads "
+                   "new channels among them)")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
   add_common(dest, dest_common);
 
   CommonOptions source_common;
@@ -267,7 +300,15 @@ int main(int argc, char** argv) {
       run_dir = private_dir.path();
     }
     o.run_dir = run_dir;
-    return run_role<engine::DestServer>(std::move(o));
+    o.reuse_port = threads > 1;
+    return run_role<engine::DestServer, engine::DestOptions>(
+        std::move(o), threads, [](engine::DestOptions& next, const engine::DestServer& first) {
+          // Every thread listens on the same port; the kernel spreads channels among them.
+          std::string ignored;
+          if (auto bound = tunnel::parse_endpoint(first.bound(), ignored)) {
+            next.listen.port = bound->port;
+          }
+        });
   }
 
   if (migrate->parsed()) {
@@ -309,5 +350,5 @@ int main(int argc, char** argv) {
   o.socket_mode = *mode;
   o.channel = channel_config(source_common);
   setup_logging(source_common.log_level);
-  return run_role<engine::SourceForwarder>(std::move(o));
+  return run_role<engine::SourceForwarder, engine::SourceOptions>(std::move(o), 1);
 }

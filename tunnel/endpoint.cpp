@@ -70,13 +70,14 @@ std::vector<ResolvedAddress> resolve(const Endpoint& ep, std::string& error) {
   return out;
 }
 
-unique_fd listen_tcp(const Endpoint& ep, std::string& error) {
+unique_fd listen_tcp(const Endpoint& ep, std::string& error, bool reuse_port) {
   std::vector<ResolvedAddress> addrs = resolve(ep, error);
   for (const ResolvedAddress& a : addrs) {
     unique_fd fd(::socket(a.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) continue;
     const int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuse_port) ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&a.addr), a.len) == 0 &&
         ::listen(fd.get(), 128) == 0) {
       return fd;

@@ -28,8 +28,8 @@ struct ResolvedAddress {
 // Resolves host (numeric or name) to addresses for TCP. Empty with error filled on failure.
 std::vector<ResolvedAddress> resolve(const Endpoint& ep, std::string& error);
 
-// A listening TCP socket bound to ep (SO_REUSEADDR). Invalid with error filled on failure.
-unique_fd listen_tcp(const Endpoint& ep, std::string& error);
+// A listening TCP socket bound to ep (SO_REUSEADDR; SO_REUSEPORT too if asked). Invalid with error filled on failure.
+unique_fd listen_tcp(const Endpoint& ep, std::string& error, bool reuse_port = false);
 // The local address of a bound socket, as HOST:PORT.
 std::string local_endpoint(int fd);
 // The peer address of a connected socket, as HOST:PORT.
