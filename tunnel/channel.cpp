@@ -336,8 +336,8 @@ void Channel::handle(const PacketHeader& h, std::span<const std::uint8_t> body) 
 }
 
 void Channel::reject(const PacketHeader& h, ErrorCode code, const std::string& message) {
-  spdlog::warn("{}: refusing {} program {:#x} procedure {} serial {}: {}", peer_,
-               type_name(h.type), h.program, h.procedure, h.serial, message);
+  spdlog::warn("{}: refusing {} {} (serial {}): {}", peer_, type_name(h.type),
+               procedure_name(h.program, h.procedure), h.serial, message);
   if (h.type == static_cast<std::uint32_t>(PacketType::call)) {
     std::vector<std::uint8_t> body;
     encode_remote_error(body, make_error(code, message));

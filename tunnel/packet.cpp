@@ -98,6 +98,22 @@ const char* type_name(std::uint32_t type) {
   return "UNKNOWN";
 }
 
+std::string procedure_name(std::uint32_t program, std::uint32_t procedure) {
+  if (program == kProgram) {
+    switch (static_cast<Proc>(procedure)) {
+      case Proc::hello: return "HELLO";
+      case Proc::domain_migrate_open_tunnel: return "OPEN_TUNNEL";
+      case Proc::stream_credit: return "STREAM_CREDIT";
+      case Proc::prepare: return "PREPARE";
+      case Proc::finish: return "FINISH";
+    }
+  } else if (program == kKeepaliveProgram) {
+    if (procedure == static_cast<std::uint32_t>(KeepaliveProc::ping)) return "keepalive PING";
+    if (procedure == static_cast<std::uint32_t>(KeepaliveProc::pong)) return "keepalive PONG";
+  }
+  return fmt::format("program {:#x} procedure {}", program, procedure);
+}
+
 const char* status_name(std::uint32_t status) {
   switch (static_cast<PacketStatus>(status)) {
     case PacketStatus::ok: return "OK";

@@ -38,6 +38,8 @@ void write_prefix(std::uint8_t* out, PacketHeader h, std::size_t body_len);
 std::vector<std::uint8_t> make_packet(PacketHeader h, std::span<const std::uint8_t> body = {});
 
 const char* type_name(std::uint32_t type);
+// "OPEN_TUNNEL", "keepalive PING", or "program 0x… procedure N" for unknown ones.
+std::string procedure_name(std::uint32_t program, std::uint32_t procedure);
 const char* status_name(std::uint32_t status);
 
 }  // namespace nbdtunnel::tunnel
