@@ -21,6 +21,13 @@ namespace {
 
 constexpr std::size_t kFastBytes = 128 << 20;
 constexpr std::size_t kRequest = 1 << 20;
+// The daemons are built like this test; AddressSanitizer's shadow memory and quarantine add
+// ~100 MiB of RSS that says nothing about our buffers.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr long kMaxRssKib = 256 * 1024;
+#else
+constexpr long kMaxRssKib = 64 * 1024;
+#endif
 
 // Peak resident memory of a process (VmHWM), in KiB.
 long peak_rss_kib(pid_t pid) {
@@ -94,8 +101,8 @@ void stalled_target_does_not_stall_other_streams(const std::string& copy_mode) {
   // The stalled stream got some bytes in, then was held back by its window, not buffered.
   EXPECT_GT(pushed.load(), 0u);
   EXPECT_LT(pushed.load(), std::size_t{64} << 20) << "no backpressure on the stalled stream";
-  EXPECT_LT(dest_rss, 64 * 1024);
-  EXPECT_LT(source_rss, 64 * 1024);
+  EXPECT_LT(dest_rss, kMaxRssKib);
+  EXPECT_LT(source_rss, kMaxRssKib);
   // The other stream kept moving (it finished at all, within the bound above); its rate is
   // printed, not asserted: this machine is shared and timing is noisy.
   EXPECT_GT(contended, 0.0);
