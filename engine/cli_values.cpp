@@ -1,10 +1,10 @@
 #include "engine/cli_values.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
-
-#include <fmt/format.h>
 
 #include "tunnel/protocol.hpp"
 #include "tunnel/unix_socket.hpp"

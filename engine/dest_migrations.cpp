@@ -1,12 +1,13 @@
 #include "engine/dest_migrations.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "qmp/block_jobs.hpp"
 #include "qmp/qmp_error.hpp"
@@ -121,8 +122,8 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
       if (!s.exists) {
         problems += fmt::format("; node '{}' does not exist", d.node);
       } else if (s.size < d.size) {
-        problems += fmt::format("; node '{}' has {} bytes, the source disk {}", d.node, s.size,
-                                d.size);
+        problems +=
+            fmt::format("; node '{}' has {} bytes, the source disk {}", d.node, s.size, d.size);
       } else if (!s.writable) {
         problems += fmt::format("; node '{}' is read-only", d.node);
       }
@@ -136,7 +137,7 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
       if (alive.expired()) co_return;
       m.socket = fmt::format("{}/nbd-{}.sock", run_dir_, m.id);
       ::unlink(m.socket.c_str());
-      co_await qmp::nbd_server_start_unix(q, m.socket);
+      co_await start_server(q, m.socket);
       m.server_started = true;
       for (std::size_t i = 0; i < req.disks.size(); ++i) {
         const std::string export_id = fmt::format("nbdtunnel-{}-{}", m.id, i);
@@ -197,18 +198,15 @@ boost::asio::awaitable<void> DestMigrations::teardown(Migration m, std::string w
   spdlog::info("migration '{}': removing its exports ({})", m.id, why);
   try {
     qmp::QmpClient& q = *co_await client();
-    for (const std::string& id : m.export_ids) {
+    for (std::size_t i = 0; i < m.export_ids.size(); ++i) {
+      std::string failure;
       try {
-        nlohmann::json args = nlohmann::json::object();
-        args["id"] = id;
-        args["mode"] = "hard";  // drop clients still connected: the migration is over
-        co_await q.execute("block-export-del", std::move(args));
-        co_await q.wait_event(
-            "BLOCK_EXPORT_DELETED",
-            [&](const nlohmann::json& e) { return e["data"].value("id", "") == id; },
-            std::chrono::seconds(10));
+        co_await remove_export(q, m.export_ids[i]);
       } catch (const std::exception& e) {
-        spdlog::warn("migration '{}': removing export {}: {}", m.id, id, e.what());
+        failure = e.what();
+      }
+      if (!failure.empty()) {
+        spdlog::warn("migration '{}': removing export {}: {}", m.id, m.export_ids[i], failure);
       }
     }
     if (m.server_started) co_await qmp::nbd_server_stop(q);
@@ -216,6 +214,72 @@ boost::asio::awaitable<void> DestMigrations::teardown(Migration m, std::string w
     spdlog::warn("migration '{}': cleanup on {}: {}", m.id, qmp_path_, e.what());
   }
   ::unlink(m.socket.c_str());
+}
+
+// Removes one block export, dropping its clients, and waits until QEMU says it is gone.
+// Everything passed to a co_await is a named local: GCC 12 double-destroys temporaries there.
+boost::asio::awaitable<void> DestMigrations::remove_export(qmp::QmpClient& q,
+                                                           const std::string& id) {
+  nlohmann::json args = nlohmann::json::object();
+  args["id"] = id;
+  args["mode"] = "hard";
+  std::string command = "block-export-del";
+  co_await q.execute(std::move(command), std::move(args));
+  std::string event = "BLOCK_EXPORT_DELETED";
+  qmp::QmpClient::EventMatch match = [id](const nlohmann::json& e) {
+    return e.contains("data") && e["data"].is_object() && e["data"].value("id", "") == id;
+  };
+  co_await q.wait_event(std::move(event), std::move(match), std::chrono::seconds(10));
+}
+
+namespace {
+// The ids of the destination QEMU's block exports.
+std::vector<std::string> export_ids(const nlohmann::json& exports) {
+  std::vector<std::string> ids;
+  if (!exports.is_array()) return ids;
+  for (const auto& e : exports) {
+    if (e.is_object() && e.contains("id") && e["id"].is_string()) ids.push_back(e["id"]);
+  }
+  return ids;
+}
+}  // namespace
+
+// Starts the NBD server. If one is already running and serves only exports named nbdtunnel-*
+// that no migration here owns, a previous daemon died without cleaning up: remove those and retry.
+// Any other server is someone else's and is left alone.
+boost::asio::awaitable<void> DestMigrations::start_server(qmp::QmpClient& q, std::string socket) {
+  std::string path = socket;  // kept for the retry
+  // No temporaries inside a co_await that throws: GCC 12 destroys them twice.
+  std::string failure;
+  try {
+    co_await qmp::nbd_server_start_unix(q, std::move(socket));
+  } catch (const qmp::QmpError& e) {
+    failure = e.what();
+  }
+  if (failure.empty()) co_return;
+  if (failure.find("already running") == std::string::npos) {
+    throw std::runtime_error("nbd-server-start: " + failure);
+  }
+  // Named locals, not temporaries inside the co_await: GCC 12 double-frees those.
+  nlohmann::json no_args = nlohmann::json::object();
+  const nlohmann::json exports = co_await q.execute("query-block-exports", std::move(no_args));
+  const std::vector<std::string> ids = export_ids(exports);
+  const bool ours = !ids.empty() && std::all_of(ids.begin(), ids.end(), [](const std::string& id) {
+    return id.rfind("nbdtunnel-", 0) == 0;
+  });
+  if (!ours) {
+    std::string list;
+    for (const auto& id : ids) list += (list.empty() ? "" : ", ") + id;
+    throw std::runtime_error(fmt::format(
+        "the destination QEMU already runs an NBD server that nbdtunnel did not create (exports: "
+        "{}); stop it (nbd-server-stop) or use another QEMU",
+        list.empty() ? "none" : list));
+  }
+  spdlog::warn("removing {} export(s) and the NBD server left by a previous nbdtunnel dest",
+               ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) co_await remove_export(q, ids[i]);
+  co_await qmp::nbd_server_stop(q);
+  co_await qmp::nbd_server_start_unix(q, std::move(path));
 }
 
 void DestMigrations::channel_closed(tunnel::Channel& channel) {

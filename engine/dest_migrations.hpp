@@ -3,6 +3,8 @@
 // exports them through an NBD server on a private UNIX socket; FINISH (or an abort, or the
 // channel dying) removes exactly what PREPARE created.
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
 #include <functional>
 #include <map>
 #include <memory>
@@ -10,9 +12,6 @@
 #include <span>
 #include <string>
 #include <vector>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/io_context.hpp>
 
 #include "qmp/qmp_client.hpp"
 #include "tunnel/channel.hpp"
@@ -51,6 +50,8 @@ class DestMigrations {
   boost::asio::awaitable<void> finish(std::weak_ptr<bool> alive, tunnel::Channel* channel,
                                       tunnel::PacketHeader call, std::vector<std::uint8_t> body);
   boost::asio::awaitable<void> teardown(Migration m, std::string why);
+  boost::asio::awaitable<void> remove_export(qmp::QmpClient& q, const std::string& id);
+  boost::asio::awaitable<void> start_server(qmp::QmpClient& q, std::string socket);
   boost::asio::awaitable<qmp::QmpClient*> client();
   void spawn(boost::asio::awaitable<void> work);
   void maybe_idle();

@@ -1,9 +1,9 @@
 #include "engine/dest_server.hpp"
 
-#include <cstring>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include <cstring>
 
 namespace nbdtunnel::engine {
 

@@ -1,12 +1,11 @@
 #pragma once
 // `nbdtunnel dest`: accepts channels on TCP and splices each opened stream into a named target.
 
+#include <boost/asio/io_context.hpp>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
-
-#include <boost/asio/io_context.hpp>
 
 #include "engine/dest_migrations.hpp"
 #include "tunnel/channel.hpp"

@@ -1,8 +1,14 @@
 // The nbdtunnel command: `dest`, `source` (and, later, `migrate`).
 
 #include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -10,13 +16,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "engine/cli_values.hpp"
 #include "engine/dest_server.hpp"
@@ -60,7 +59,8 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
       ->check(CLI::Range(tunnel::kMinWindow, tunnel::kMaxWindow))
       ->capture_default_str();
   cmd->add_option("--chunk", o.chunk, "largest payload of one STREAM packet, in bytes")
-      ->check(CLI::Range(std::uint32_t{4096}, static_cast<std::uint32_t>(tunnel::kMaxStreamPayload)))
+      ->check(
+          CLI::Range(std::uint32_t{4096}, static_cast<std::uint32_t>(tunnel::kMaxStreamPayload)))
       ->capture_default_str();
   cmd->add_option("--copy-mode", o.copy_mode,
                   "how bytes from the channel reach local sockets: copy (recv into a buffer, "
@@ -68,8 +68,7 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
                   "direction always copies (measured faster, see bench/)")
       ->check(CLI::IsMember({"copy", "splice"}))
       ->capture_default_str();
-  cmd->add_option("--host-id", o.host_id,
-                  "identity sent to the peer (default: /etc/machine-id)");
+  cmd->add_option("--host-id", o.host_id, "identity sent to the peer (default: /etc/machine-id)");
 }
 
 tunnel::ChannelConfig channel_config(const CommonOptions& o) {
@@ -77,8 +76,7 @@ tunnel::ChannelConfig channel_config(const CommonOptions& o) {
   c.window = o.window;
   c.chunk = std::min(o.chunk, o.window);
   c.handshake_timeout = std::chrono::milliseconds(static_cast<long>(o.handshake_timeout * 1000));
-  c.keepalive_interval =
-      std::chrono::milliseconds(static_cast<long>(o.keepalive_interval * 1000));
+  c.keepalive_interval = std::chrono::milliseconds(static_cast<long>(o.keepalive_interval * 1000));
   c.host_id = o.host_id.empty() ? engine::machine_id() : o.host_id;
   c.hostname = engine::host_name();
   c.splice_rx = o.copy_mode == "splice";
@@ -148,7 +146,8 @@ int run_role(Options options, unsigned threads,
     spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
   });
   main_io.run();
-  deadline = (std::chrono::steady_clock::now() + std::chrono::seconds(5)).time_since_epoch().count();
+  deadline =
+      (std::chrono::steady_clock::now() + std::chrono::seconds(5)).time_since_epoch().count();
   for (auto& w : workers) {
     boost::asio::post(w->io, [&w = *w] { w.role->stop([&w] { w.stopped = true; }); });
   }
@@ -170,7 +169,8 @@ int main(int argc, char** argv) {
       "nbdtunnel carries QEMU's NBD (disk mirror) and migration connections between two hosts\n"
       "over one multiplexed, flow-controlled channel framed like libvirt's RPC protocol.\n"
       "Run `nbdtunnel dest` on the destination host; on the source host run `nbdtunnel source`\n"
-      "(a standing tunnel for QEMU or libvirt) or `nbdtunnel migrate` (a whole storage migration)."};
+      "(a standing tunnel for QEMU or libvirt) or `nbdtunnel migrate` (a whole storage "
+      "migration)."};
   app.set_version_flag("--version", std::string("nbdtunnel ") + NBDTUNNEL_VERSION);
   app.require_subcommand(1);
   app.footer("Run `nbdtunnel COMMAND --help` for the options of one command.");
@@ -211,9 +211,10 @@ int main(int argc, char** argv) {
       "Source side: listen on local UNIX sockets and carry every accepted connection as one "
       "stream over a single channel to `nbdtunnel dest`.");
   source->add_option("--connect", connect, "HOST:PORT of the destination daemon")->required();
-  source->add_option("--forward", forwards,
-                     "PATH=NAME: listen on the UNIX socket PATH; connections go to target NAME "
-                     "on the destination")
+  source
+      ->add_option("--forward", forwards,
+                   "PATH=NAME: listen on the UNIX socket PATH; connections go to target NAME "
+                   "on the destination")
       ->required();
   source->add_option("--socket-mode", socket_mode, "permissions of the created sockets (octal)")
       ->capture_default_str();
@@ -234,21 +235,24 @@ int main(int argc, char** argv) {
       "130 cancelled.");
   migrate->add_option("--source-qmp", mo.source_qmp, "QMP socket of the source QEMU")->required();
   migrate->add_option("--dest", dest_ep, "HOST:PORT of `nbdtunnel dest --qmp ...`")->required();
-  migrate->add_option("--disk", disks,
-                      "NODE[=DESTNODE]: mirror the source node NODE into the destination node "
-                      "DESTNODE (default: the same name); repeat for each disk")
+  migrate
+      ->add_option("--disk", disks,
+                   "NODE[=DESTNODE]: mirror the source node NODE into the destination node "
+                   "DESTNODE (default: the same name); repeat for each disk")
       ->required();
-  migrate->add_option("--bandwidth", mo.bandwidth_mib,
-                      "limit in MiB/s for all disks together (0 = unlimited); changeable live "
-                      "with set-bandwidth on the control socket")
+  migrate
+      ->add_option("--bandwidth", mo.bandwidth_mib,
+                   "limit in MiB/s for all disks together (0 = unlimited); changeable live "
+                   "with set-bandwidth on the control socket")
       ->check(CLI::NonNegativeNumber);
   migrate->add_flag("--shallow", mo.shallow,
                     "copy only the top image (sync=top): the backing chain is already present at "
                     "the destination");
-  migrate->add_option("--finish", finish_mode,
-                      "complete: when every disk is in sync, complete the copies and finish; "
-                      "sync: stay in sync (for a memory migration) until `finish` or `cancel` "
-                      "arrives on the control socket")
+  migrate
+      ->add_option("--finish", finish_mode,
+                   "complete: when every disk is in sync, complete the copies and finish; "
+                   "sync: stay in sync (for a memory migration) until `finish` or `cancel` "
+                   "arrives on the control socket")
       ->check(CLI::IsMember({"complete", "sync"}))
       ->capture_default_str();
   migrate->add_flag("--json", mo.json,
@@ -260,8 +264,9 @@ int main(int argc, char** argv) {
                       "UNIX socket speaking QMP-style JSON lines: query-migration, "
                       "set-bandwidth {\"mib-per-sec\": N}, cancel, finish");
   migrate->add_option("--id", mo.migration_id, "migration id (default: generated)");
-  migrate->add_option("--connect-timeout", connect_timeout,
-                      "seconds to wait for the destination to answer")
+  migrate
+      ->add_option("--connect-timeout", connect_timeout,
+                   "seconds to wait for the destination to answer")
       ->check(CLI::Range(0.1, 600.0))
       ->capture_default_str();
   add_common(migrate, migrate_common);
@@ -315,13 +320,23 @@ int main(int argc, char** argv) {
     auto ep = tunnel::parse_endpoint(dest_ep, error);
     if (!ep) return usage_error("--dest: " + error);
     mo.dest = *ep;
-    std::map<std::string, bool> seen_disk;
+    std::map<std::string, bool> seen_disk, seen_dest;
     for (const std::string& d : disks) {
       auto kv = engine::parse_disk(d, error);
       if (!kv) return usage_error(error);
       if (seen_disk[kv->first]) return usage_error("--disk '" + kv->first + "' is given twice");
-      seen_disk[kv->first] = true;
+      if (seen_dest[kv->second]) {
+        return usage_error("--disk: destination node '" + kv->second +
+                           "' is the target of two disks");
+      }
+      seen_disk[kv->first] = seen_dest[kv->second] = true;
       mo.disks.push_back({kv->first, kv->second});
+    }
+    if (!mo.migration_id.empty() && !tunnel::valid_migration_id(mo.migration_id)) {
+      return usage_error(
+          fmt::format("--id '{}': use 1 to {} letters, digits, '.', '_' or '-', starting with a "
+                      "letter or digit",
+                      mo.migration_id, tunnel::kMaxMigrationIdLen));
     }
     if (mo.disks.size() > tunnel::kMaxDisks) {
       return usage_error(fmt::format("at most {} disks per migration", tunnel::kMaxDisks));

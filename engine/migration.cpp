@@ -1,13 +1,11 @@
 #include "engine/migration.hpp"
 
+#include <fmt/format.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <map>
-#include <optional>
-#include <set>
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -16,8 +14,9 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
+#include <map>
+#include <optional>
+#include <set>
 
 #include "engine/control_server.hpp"
 #include "engine/host_identity.hpp"
@@ -58,7 +57,9 @@ struct DiskState {
   DiskSpec spec;
   std::uint64_t size = 0;
   std::string job_id;
-  std::string target_node;
+  std::string nbd_node;     // NBD client node on the tunnel socket
+  std::string target_node;  // raw view of the NBD node, sized like the source disk
+  bool nbd_added = false;
   bool node_added = false;
   bool job_started = false;
   bool job_ended = false;
@@ -69,6 +70,17 @@ struct DiskState {
   std::chrono::steady_clock::time_point sampled{};
 };
 
+// blockdev-add arguments of a raw node showing the first `size` bytes of `file`. Built outside
+// any coroutine: GCC 12 miscompiles braced JSON initialisers inside coroutines.
+json raw_view_args(const std::string& node, const std::string& file, std::uint64_t size) {
+  json args = json::object();
+  args["driver"] = "raw";
+  args["node-name"] = node;
+  args["file"] = file;
+  args["size"] = size;
+  return args;
+}
+
 class Migration {
  public:
   Migration(asio::io_context& io, tunnel::Ring& ring, MigrateOptions o,
@@ -78,6 +90,7 @@ class Migration {
       DiskState d;
       d.spec = o_.disks[i];
       d.job_id = fmt::format("nbdtunnel-mirror-{}", i);
+      d.nbd_node = fmt::format("nbdtunnel-nbd-{}", i);
       d.target_node = fmt::format("nbdtunnel-target-{}", i);
       disks_.push_back(std::move(d));
     }
@@ -108,6 +121,7 @@ class Migration {
   awaitable<bool> wait_finish_command();
   awaitable<void> complete();
   awaitable<void> cleanup();
+  awaitable<void> detach(std::string node, bool& added);
   awaitable<CallResult> call(tunnel::Proc proc, std::vector<std::uint8_t> body,
                              std::chrono::milliseconds timeout);
   awaitable<void> poll_progress();
@@ -191,6 +205,12 @@ void Migration::on_qmp_event(const json& event) {
 
 // Throws the first failure a disk or the channel has reported.
 void Migration::check_failures(const std::string& phase) {
+  if (src_ && !src_->is_connected()) {
+    throw Failure(kMigrateFailed, phase, "",
+                  fmt::format("lost the QMP connection to the source QEMU ({}): is it still "
+                              "running?",
+                              o_.source_qmp));
+  }
   for (const DiskState& d : disks_) {
     if (!d.error.empty()) {
       throw Failure(kMigrateFailed, phase, d.spec.node,
@@ -202,9 +222,9 @@ void Migration::check_failures(const std::string& phase) {
     }
   }
   if (channel_closed_) {
-    throw Failure(kMigrateFailed, phase, "",
-                  fmt::format("channel to {} lost: {}", o_.dest.to_string(),
-                              channel_close_reason_));
+    throw Failure(
+        kMigrateFailed, phase, "",
+        fmt::format("channel to {} lost: {}", o_.dest.to_string(), channel_close_reason_));
   }
 }
 
@@ -254,8 +274,8 @@ awaitable<void> Migration::connect_dest() {
   using namespace asio::experimental::awaitable_operators;
   const std::string where = o_.dest.to_string();
   asio::ip::tcp::resolver resolver(io_);
-  auto [rec, results] = co_await resolver.async_resolve(
-      o_.dest.host, std::to_string(o_.dest.port), asio::as_tuple(use_awaitable));
+  auto [rec, results] = co_await resolver.async_resolve(o_.dest.host, std::to_string(o_.dest.port),
+                                                        asio::as_tuple(use_awaitable));
   if (rec) {
     throw Failure(kMigrateUsage, "connect", "",
                   fmt::format("destination {}: cannot resolve: {}", where, rec.message()));
@@ -284,9 +304,9 @@ awaitable<void> Migration::connect_dest() {
     channel_close_reason_ = reason;
     wake();
   };
-  channel_ = std::make_unique<tunnel::Channel>(
-      io_, ring_, tunnel::unique_fd(sock.release()), tunnel::Channel::Role::initiator, where,
-      o_.channel, std::move(events));
+  channel_ = std::make_unique<tunnel::Channel>(io_, ring_, tunnel::unique_fd(sock.release()),
+                                               tunnel::Channel::Role::initiator, where, o_.channel,
+                                               std::move(events));
   channel_->start();
   const auto deadline = std::chrono::steady_clock::now() + o_.channel.handshake_timeout;
   while (!channel_ready_ && !channel_closed_ && std::chrono::steady_clock::now() < deadline) {
@@ -382,8 +402,8 @@ void Migration::open_tunnel_socket() {
   tunnel_socket_ = tunnel_dir_.path() + "/nbd.sock";
   tunnel::unique_fd fd = tunnel::listen_unix(tunnel_socket_, 0600, error);
   if (!fd) throw Failure(kMigrateFailed, "prepare", "", error);
-  acceptor_ = std::make_unique<tunnel::Acceptor>(
-      ring_, std::move(fd), [this](tunnel::unique_fd c, int) {
+  acceptor_ =
+      std::make_unique<tunnel::Acceptor>(ring_, std::move(fd), [this](tunnel::unique_fd c, int) {
         if (!c) return;
         if (!channel_ || !channel_->ready() || cancel_requested_) return;  // closes c
         channel_->open_stream(std::move(c), dest_target_, tunnel_socket_);
@@ -396,7 +416,12 @@ awaitable<void> Migration::start_mirrors() {
   for (DiskState& d : disks_) {
     if (cancel_requested_) co_return;
     try {
-      co_await qmp::blockdev_add_nbd(*src_, d.target_node, tunnel_socket_, d.spec.dest_node);
+      co_await qmp::blockdev_add_nbd(*src_, d.nbd_node, tunnel_socket_, d.spec.dest_node);
+      d.nbd_added = true;
+      // blockdev-mirror wants equal sizes: a larger destination is written through a raw view
+      // of exactly the source's size, and its tail is left alone.
+      json view = raw_view_args(d.target_node, d.nbd_node, d.size);
+      co_await src_->execute("blockdev-add", std::move(view));
       d.node_added = true;
       co_await qmp::blockdev_mirror(*src_, d.job_id, d.spec.node, d.target_node,
                                     o_.shallow ? qmp::MirrorSync::top : qmp::MirrorSync::full,
@@ -486,7 +511,8 @@ awaitable<void> Migration::complete() {
     }
   }
   const auto deadline = std::chrono::steady_clock::now() + 120s;
-  while (!std::all_of(disks_.begin(), disks_.end(), [](const DiskState& d) { return d.job_ended; })) {
+  while (
+      !std::all_of(disks_.begin(), disks_.end(), [](const DiskState& d) { return d.job_ended; })) {
     check_failures("completing");
     if (std::chrono::steady_clock::now() > deadline) {
       throw Failure(kMigrateFailed, "completing", "", "mirror jobs did not complete in 120 s");
@@ -503,9 +529,11 @@ awaitable<void> Migration::complete() {
     try {
       co_await qmp::blockdev_del(*src_, d.target_node);
       d.node_added = false;
+      co_await qmp::blockdev_del(*src_, d.nbd_node);
+      d.nbd_added = false;
     } catch (const std::exception& e) {
       throw Failure(kMigrateFailed, "finishing", d.spec.node,
-                    fmt::format("detaching '{}': {}", d.target_node, e.what()));
+                    fmt::format("detaching the target of '{}': {}", d.spec.node, e.what()));
     }
   }
   std::vector<std::uint8_t> body;
@@ -513,6 +541,17 @@ awaitable<void> Migration::complete() {
   CallResult r = co_await call(tunnel::Proc::finish, std::move(body), 60s);
   if (!r.ok) throw Failure(kMigrateFailed, "finishing", "", "destination FINISH: " + r.error);
   prepared_ = false;
+}
+
+// Removes a node this migration added to the source QEMU; a failure is only logged.
+awaitable<void> Migration::detach(std::string node, bool& added) {
+  if (!added) co_return;
+  try {
+    co_await qmp::blockdev_del(*src_, node);
+    added = false;
+  } catch (const std::exception& e) {
+    spdlog::warn("cleanup: detaching node {}: {}", node, e.what());
+  }
 }
 
 // Leaves both hosts clean: tunnel sockets first, then the jobs, the nodes, the exports.
@@ -535,13 +574,8 @@ awaitable<void> Migration::cleanup() {
       co_await nap(100ms);
     }
     for (DiskState& d : disks_) {
-      if (!d.node_added) continue;
-      try {
-        co_await qmp::blockdev_del(*src_, d.target_node);
-        d.node_added = false;
-      } catch (const std::exception& e) {
-        spdlog::warn("cleanup: detaching node {}: {}", d.target_node, e.what());
-      }
+      co_await detach(d.target_node, d.node_added);
+      co_await detach(d.nbd_node, d.nbd_added);
     }
   }
   if (prepared_ && channel_ && !channel_closed_) {

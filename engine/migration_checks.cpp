@@ -1,15 +1,17 @@
 #include "engine/migration_checks.hpp"
 
-#include <algorithm>
-
 #include <fmt/format.h>
+
+#include <algorithm>
 
 namespace nbdtunnel::engine {
 
 namespace {
 using V = CheckResult::Verdict;
 
-std::string major_of(const std::string& version) { return version.substr(0, version.find('.')); }
+std::string major_of(const std::string& version) {
+  return version.substr(0, version.find('.'));
+}
 }  // namespace
 
 std::optional<std::uint64_t> source_size(const CheckInputs& in, const std::string& node) {
@@ -22,8 +24,8 @@ std::optional<std::uint64_t> source_size(const CheckInputs& in, const std::strin
 std::vector<CheckResult> evaluate_checks(const CheckInputs& in) {
   std::vector<CheckResult> out;
   out.push_back({"destination reachable", V::pass,
-                 fmt::format("{} (host '{}', protocol {})", in.destination,
-                             in.dest_hello.hostname, in.dest_hello.version)});
+                 fmt::format("{} (host '{}', protocol {})", in.destination, in.dest_hello.hostname,
+                             in.dest_hello.version)});
 
   if (in.dest_hello.host_id == in.source_host_id) {
     out.push_back({"not the same host", V::fail,
@@ -44,8 +46,7 @@ std::vector<CheckResult> evaluate_checks(const CheckInputs& in) {
                                in.source_qemu_version, dest_version)});
   } else {
     out.push_back({"QEMU versions", V::pass,
-                   fmt::format("source {}, destination {}", in.source_qemu_version,
-                               dest_version)});
+                   fmt::format("source {}, destination {}", in.source_qemu_version, dest_version)});
   }
 
   for (const DiskSpec& d : in.disks) {
@@ -80,24 +81,27 @@ std::vector<CheckResult> evaluate_checks(const CheckInputs& in) {
                               [&](const tunnel::DiskState& s) { return s.node == d.dest_node; });
     if (state == in.dest->disks.end() || !state->exists) {
       out.push_back({"disk " + label + " on destination", V::fail,
-                     fmt::format("node '{}' does not exist in the destination QEMU",
-                                 d.dest_node)});
+                     fmt::format("node '{}' does not exist in the destination QEMU", d.dest_node)});
       continue;
     }
+    out.push_back({"disk " + label + " on destination", V::pass,
+                   fmt::format("node '{}' exists", d.dest_node)});
     if (size && state->size < *size) {
       out.push_back({"disk " + label + " size", V::fail,
                      fmt::format("destination {} is smaller than source {}",
                                  format_bytes(state->size), format_bytes(*size))});
     } else if (size && state->size > *size) {
-      out.push_back({"disk " + label + " size", V::warn,
-                     fmt::format("destination {} is larger than source {}; the tail is left as is",
-                                 format_bytes(state->size), format_bytes(*size))});
+      out.push_back(
+          {"disk " + label + " size", V::warn,
+           fmt::format("destination {} is larger than source {}; only the first {} are "
+                       "written, the tail is left as it is",
+                       format_bytes(state->size), format_bytes(*size), format_bytes(*size))});
     } else {
       out.push_back({"disk " + label + " size", V::pass, format_bytes(state->size)});
     }
-    out.push_back({"disk " + label + " writable", state->writable ? V::pass : V::fail,
-                   state->writable ? "destination node is writable"
-                                   : "destination node is read-only"});
+    out.push_back(
+        {"disk " + label + " writable", state->writable ? V::pass : V::fail,
+         state->writable ? "destination node is writable" : "destination node is read-only"});
   }
   return out;
 }

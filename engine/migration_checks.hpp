@@ -19,7 +19,7 @@ struct DiskSpec {
 
 struct CheckInputs {
   std::vector<DiskSpec> disks;
-  std::string destination;              // HOST:PORT, for messages
+  std::string destination;  // HOST:PORT, for messages
   std::string source_host_id;
   std::string source_qemu_version;
   tunnel::Hello dest_hello;

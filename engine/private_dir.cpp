@@ -1,12 +1,12 @@
 #include "engine/private_dir.hpp"
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <vector>
-
-#include <fmt/format.h>
 
 namespace nbdtunnel::engine {
 

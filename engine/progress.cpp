@@ -194,7 +194,10 @@ class TerminalReporter final : public ProgressReporter {
     std::string text = d.disk + "  ";
     if (bar > 0) {
       const auto filled = static_cast<std::size_t>(frac * static_cast<double>(bar));
-      text += "[" + std::string(filled, '#') + std::string(bar - filled, '-') + "]  ";
+      text += '[';
+      text.append(filled, '#');
+      text.append(bar - filled, '-');
+      text += "]  ";
     }
     text += d.total > 0 ? fmt::format("{:5.1f}%", frac * 100) : std::string("  --%");
     text += fmt::format("  {} / {}  {:.1f} MiB/s  ", format_bytes(d.done), format_bytes(d.total),

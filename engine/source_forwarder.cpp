@@ -1,5 +1,7 @@
 #include "engine/source_forwarder.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -7,18 +9,11 @@
 #include <cerrno>
 #include <cstring>
 
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
-
 namespace nbdtunnel::engine {
 
 SourceForwarder::SourceForwarder(boost::asio::io_context& io, tunnel::Ring& ring,
                                  SourceOptions options)
-    : io_(io),
-      ring_(ring),
-      options_(std::move(options)),
-      connect_timer_(io),
-      backoff_timer_(io) {
+    : io_(io), ring_(ring), options_(std::move(options)), connect_timer_(io), backoff_timer_(io) {
   connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
 }
 

@@ -95,7 +95,8 @@ asio::awaitable<void> block_job_set_speed(QmpClient& qmp, std::string job_id, st
 
 asio::awaitable<std::vector<BlockJobInfo>> query_block_jobs(QmpClient& qmp) {
   constexpr const char* cmd = "query-block-jobs";
-  const json reply = co_await qmp.execute(cmd, json::object());
+  json args = json::object();
+  const json reply = co_await qmp.execute(cmd, std::move(args));
   std::vector<BlockJobInfo> jobs;
   for (const auto& j : as_array(qmp, cmd, reply)) {
     jobs.push_back({.id = get_string(qmp, cmd, j, "device"),
@@ -131,7 +132,8 @@ asio::awaitable<void> nbd_server_start_unix(QmpClient& qmp, std::string socket_p
 }
 
 asio::awaitable<void> nbd_server_stop(QmpClient& qmp) {
-  co_await qmp.execute("nbd-server-stop");
+  json args = json::object();  // a named local: GCC 12 mishandles default-argument temporaries
+  co_await qmp.execute("nbd-server-stop", std::move(args));
 }
 
 asio::awaitable<void> block_export_add_nbd(QmpClient& qmp, std::string id, std::string node_name,

@@ -1,15 +1,14 @@
 #include "tunnel/channel.hpp"
 
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <cstring>
-
 #include <boost/asio/post.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
+#include <cstring>
 
 #include "tunnel/packet.hpp"
 
@@ -58,7 +57,9 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, unique_fd socket, Role
   ::setsockopt(socket_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-Channel::~Channel() { *alive_ = false; }
+Channel::~Channel() {
+  *alive_ = false;
+}
 
 void Channel::start() {
   last_rx_ = std::chrono::steady_clock::now();
@@ -318,8 +319,8 @@ void Channel::handle(const PacketHeader& h, std::span<const std::uint8_t> body) 
       } else if (proc == Proc::domain_migrate_open_tunnel && role_ == Role::initiator) {
         handle_open_reply(h, body);
       } else {
-        spdlog::warn("{}: ignoring unexpected reply to procedure {} serial {}", peer_,
-                     h.procedure, h.serial);
+        spdlog::warn("{}: ignoring unexpected reply to procedure {} serial {}", peer_, h.procedure,
+                     h.serial);
       }
       return;
     case PacketType::message:
@@ -432,8 +433,8 @@ void Channel::stream_connected(Stream& s, int res) {
   PacketHeader r = header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
                           PacketType::reply, s.serial(), PacketStatus::ok);
   if (res < 0) {
-    const std::string msg = fmt::format("target '{}' ({}): connect failed: {}", s.target(),
-                                        s.tag(), std::strerror(-res));
+    const std::string msg = fmt::format("target '{}' ({}): connect failed: {}", s.target(), s.tag(),
+                                        std::strerror(-res));
     spdlog::warn("{}: refusing stream {}: {}", peer_, s.serial(), msg);
     std::vector<std::uint8_t> body;
     encode_remote_error(body, make_error(ErrorCode::target_unavailable, msg));
@@ -443,8 +444,7 @@ void Channel::stream_connected(Stream& s, int res) {
     return;
   }
   send_packet(r);
-  spdlog::info("{}: stream {} opened to target '{}' ({})", peer_, s.serial(), s.target(),
-               s.tag());
+  spdlog::info("{}: stream {} opened to target '{}' ({})", peer_, s.serial(), s.target(), s.tag());
   s.start(peer_hello_.window);
 }
 

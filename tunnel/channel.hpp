@@ -3,6 +3,10 @@
 // It owns the socket, the stream table, the write queue, the handshake and the keepalive.
 // All of its work runs on one io_context thread; bytes move through the Ring.
 
+#include <sys/uio.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -13,11 +17,6 @@
 #include <string>
 #include <vector>
 
-#include <sys/uio.h>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
-
 #include "tunnel/protocol.hpp"
 #include "tunnel/ring.hpp"
 #include "tunnel/stream.hpp"
@@ -26,14 +25,14 @@
 namespace nbdtunnel::tunnel {
 
 struct ChannelConfig {
-  std::uint32_t window = 2u << 20;       // our receive window per stream
-  std::uint32_t chunk = 256u << 10;      // payload bytes per STREAM packet we send
-  std::size_t max_streams = 256;         // concurrent streams we accept
+  std::uint32_t window = 2u << 20;   // our receive window per stream
+  std::uint32_t chunk = 256u << 10;  // payload bytes per STREAM packet we send
+  std::size_t max_streams = 256;     // concurrent streams we accept
   std::chrono::milliseconds handshake_timeout{10'000};
   std::chrono::milliseconds keepalive_interval{5'000};
-  unsigned keepalive_count = 6;          // intervals of silence before the peer is declared dead
-  std::string host_id;                   // sent in HELLO
-  std::string hostname;                  // sent in HELLO
+  unsigned keepalive_count = 6;  // intervals of silence before the peer is declared dead
+  std::string host_id;           // sent in HELLO
+  std::string hostname;          // sent in HELLO
   // Receive path: false = recv into a buffer and copy each payload into its stream's window;
   // true = read headers, then splice each STREAM payload from the socket into the stream's pipe.
   bool splice_rx = false;
@@ -47,7 +46,8 @@ struct ChannelEvents {
       resolve_target;
   // Responder: a CALL of a procedure the channel does not handle itself (PREPARE, FINISH).
   // Answer it with Channel::reply / reply_error, now or later (guard with liveness()).
-  std::function<void(Channel& channel, const PacketHeader& call, std::span<const std::uint8_t> body)>
+  std::function<void(Channel& channel, const PacketHeader& call,
+                     std::span<const std::uint8_t> body)>
       on_call;
   // The HELLO exchange completed.
   std::function<void(const Hello& peer)> on_ready;
@@ -71,7 +71,8 @@ class Channel {
   void open_stream(unique_fd local, const std::string& target, const std::string& tag);
   // Initiator: sends a CALL; on_reply gets the REPLY (status OK or ERROR) or, if the channel
   // closes first, a synthesized ERROR.
-  using ReplyHandler = std::function<void(const PacketHeader& reply, std::span<const std::uint8_t> body)>;
+  using ReplyHandler =
+      std::function<void(const PacketHeader& reply, std::span<const std::uint8_t> body)>;
   void call(Proc proc, std::span<const std::uint8_t> body, ReplyHandler on_reply);
   // Responder: answers a CALL delivered through ChannelEvents::on_call.
   void reply(const PacketHeader& call, std::span<const std::uint8_t> body = {});
@@ -141,7 +142,7 @@ class Channel {
 
   bool hello_done_ = false;
   Hello peer_hello_;
-  std::uint32_t next_serial_ = 1;    // initiator: serials of our calls
+  std::uint32_t next_serial_ = 1;  // initiator: serials of our calls
   std::uint32_t hello_serial_ = 0;
   std::uint32_t max_open_serial_ = 0;  // responder: highest stream serial opened so far
   std::map<std::uint32_t, std::unique_ptr<Stream>> streams_;

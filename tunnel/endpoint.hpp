@@ -1,12 +1,12 @@
 #pragma once
 // TCP endpoints ("HOST:PORT", "[V6ADDR]:PORT") and the sockets made from them.
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <sys/socket.h>
 
 #include "tunnel/unique_fd.hpp"
 
@@ -28,7 +28,8 @@ struct ResolvedAddress {
 // Resolves host (numeric or name) to addresses for TCP. Empty with error filled on failure.
 std::vector<ResolvedAddress> resolve(const Endpoint& ep, std::string& error);
 
-// A listening TCP socket bound to ep (SO_REUSEADDR; SO_REUSEPORT too if asked). Invalid with error filled on failure.
+// A listening TCP socket bound to ep (SO_REUSEADDR; SO_REUSEPORT too if asked). Invalid with error
+// filled on failure.
 unique_fd listen_tcp(const Endpoint& ep, std::string& error, bool reuse_port = false);
 // The local address of a bound socket, as HOST:PORT.
 std::string local_endpoint(int fd);

@@ -25,8 +25,13 @@ DecodeResult decode_prefix(std::span<const std::uint8_t> in, std::size_t max_pac
   if (in.size() < kPrefixSize) return r;
   const std::uint8_t* p = in.data();
   r.status = DecodeResult::Status::frame;
-  r.header = PacketHeader{length,           load_be32(p + 4),  load_be32(p + 8), load_be32(p + 12),
-                          load_be32(p + 16), load_be32(p + 20), load_be32(p + 24)};
+  r.header = PacketHeader{length,
+                          load_be32(p + 4),
+                          load_be32(p + 8),
+                          load_be32(p + 12),
+                          load_be32(p + 16),
+                          load_be32(p + 20),
+                          load_be32(p + 24)};
   r.consumed = kPrefixSize;
   return r;
 }
@@ -37,8 +42,8 @@ DecodeResult decode_packet(std::span<const std::uint8_t> in, std::size_t max_pac
   const std::uint32_t length = load_be32(in.data());
   if (length < kPrefixSize) {
     r.status = DecodeResult::Status::error;
-    r.error = fmt::format("packet length {} is shorter than the {}-byte minimum", length,
-                          kPrefixSize);
+    r.error =
+        fmt::format("packet length {} is shorter than the {}-byte minimum", length, kPrefixSize);
     return r;
   }
   if (length > max_packet) {
@@ -90,10 +95,14 @@ std::vector<std::uint8_t> make_packet(PacketHeader h, std::span<const std::uint8
 
 const char* type_name(std::uint32_t type) {
   switch (static_cast<PacketType>(type)) {
-    case PacketType::call: return "CALL";
-    case PacketType::reply: return "REPLY";
-    case PacketType::message: return "MESSAGE";
-    case PacketType::stream: return "STREAM";
+    case PacketType::call:
+      return "CALL";
+    case PacketType::reply:
+      return "REPLY";
+    case PacketType::message:
+      return "MESSAGE";
+    case PacketType::stream:
+      return "STREAM";
   }
   return "UNKNOWN";
 }
@@ -101,11 +110,16 @@ const char* type_name(std::uint32_t type) {
 std::string procedure_name(std::uint32_t program, std::uint32_t procedure) {
   if (program == kProgram) {
     switch (static_cast<Proc>(procedure)) {
-      case Proc::hello: return "HELLO";
-      case Proc::domain_migrate_open_tunnel: return "OPEN_TUNNEL";
-      case Proc::stream_credit: return "STREAM_CREDIT";
-      case Proc::prepare: return "PREPARE";
-      case Proc::finish: return "FINISH";
+      case Proc::hello:
+        return "HELLO";
+      case Proc::domain_migrate_open_tunnel:
+        return "OPEN_TUNNEL";
+      case Proc::stream_credit:
+        return "STREAM_CREDIT";
+      case Proc::prepare:
+        return "PREPARE";
+      case Proc::finish:
+        return "FINISH";
     }
   } else if (program == kKeepaliveProgram) {
     if (procedure == static_cast<std::uint32_t>(KeepaliveProc::ping)) return "keepalive PING";
@@ -116,9 +130,12 @@ std::string procedure_name(std::uint32_t program, std::uint32_t procedure) {
 
 const char* status_name(std::uint32_t status) {
   switch (static_cast<PacketStatus>(status)) {
-    case PacketStatus::ok: return "OK";
-    case PacketStatus::error: return "ERROR";
-    case PacketStatus::cont: return "CONTINUE";
+    case PacketStatus::ok:
+      return "OK";
+    case PacketStatus::error:
+      return "ERROR";
+    case PacketStatus::cont:
+      return "CONTINUE";
   }
   return "UNKNOWN";
 }

@@ -1,8 +1,10 @@
 #include "tunnel/protocol.hpp"
 
-#include <array>
-
 #include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
 
 #include "tunnel/xdr.hpp"
 
@@ -31,8 +33,7 @@ std::string decode_hello(std::span<const std::uint8_t> body, Hello& h) {
     return fmt::format("HELLO window {} is outside [{}, {}]", h.window, kMinWindow, kMaxWindow);
   }
   if (h.max_payload == 0 || h.max_payload > kMaxStreamPayload) {
-    return fmt::format("HELLO max_payload {} is outside [1, {}]", h.max_payload,
-                       kMaxStreamPayload);
+    return fmt::format("HELLO max_payload {} is outside [1, {}]", h.max_payload, kMaxStreamPayload);
   }
   return {};
 }
@@ -52,7 +53,9 @@ std::string decode_open_tunnel(std::span<const std::uint8_t> body, OpenTunnel& o
   return {};
 }
 
-void encode_credit(std::vector<std::uint8_t>& out, std::uint32_t bytes) { XdrWriter(out).u32(bytes); }
+void encode_credit(std::vector<std::uint8_t>& out, std::uint32_t bytes) {
+  XdrWriter(out).u32(bytes);
+}
 
 std::string decode_credit(std::span<const std::uint8_t> body, std::uint32_t& bytes) {
   XdrReader r(body);
@@ -143,7 +146,10 @@ std::string decode_prepare(std::span<const std::uint8_t> body, Prepare& p) {
   }
   p.flags = r.u32();
   if (!r.finish("PREPARE body")) return r.error();
-  if (p.migration_id.empty()) return "PREPARE migration id is empty";
+  if (!valid_migration_id(p.migration_id)) {
+    return fmt::format("PREPARE migration id '{}' is not 1-{} of [A-Za-z0-9._-]", p.migration_id,
+                       kMaxMigrationIdLen);
+  }
   if (p.disks.empty()) return "PREPARE names no disks";
   return {};
 }
@@ -192,7 +198,18 @@ std::string decode_finish(std::span<const std::uint8_t> body, Finish& f) {
   f.migration_id = r.string(kMaxMigrationIdLen);
   f.flags = r.u32();
   if (!r.finish("FINISH body")) return r.error();
+  if (!valid_migration_id(f.migration_id)) {
+    return fmt::format("FINISH migration id '{}' is not valid", f.migration_id);
+  }
   return {};
+}
+
+bool valid_migration_id(std::string_view id) {
+  if (id.empty() || id.size() > kMaxMigrationIdLen) return false;
+  if (!std::isalnum(static_cast<unsigned char>(id.front()))) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
 }
 
 RemoteError make_error(ErrorCode code, std::string message) {

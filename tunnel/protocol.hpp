@@ -6,6 +6,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace nbdtunnel::tunnel {
@@ -78,10 +79,10 @@ struct PacketHeader {
 struct Hello {
   std::uint32_t version = kProgramVersion;
   std::uint64_t features = kFeatures;
-  std::string host_id;                       // stable machine identity (e.g. /etc/machine-id)
-  std::string hostname;                      // for messages only
-  std::uint32_t window = 0;                  // receive window per stream, bytes
-  std::uint32_t max_payload = 0;             // largest stream payload the sender will emit
+  std::string host_id;            // stable machine identity (e.g. /etc/machine-id)
+  std::string hostname;           // for messages only
+  std::uint32_t window = 0;       // receive window per stream, bytes
+  std::uint32_t max_payload = 0;  // largest stream payload the sender will emit
 };
 
 struct OpenTunnel {
@@ -147,5 +148,9 @@ void encode_finish(std::vector<std::uint8_t>& out, const Finish& f);
 std::string decode_finish(std::span<const std::uint8_t> body, Finish& f);
 
 RemoteError make_error(ErrorCode code, std::string message);
+
+// A migration id names QEMU exports and socket files: 1..64 of [A-Za-z0-9._-], starting with a
+// letter or digit.
+bool valid_migration_id(std::string_view id);
 
 }  // namespace nbdtunnel::tunnel

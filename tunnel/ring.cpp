@@ -1,12 +1,11 @@
 #include "tunnel/ring.hpp"
 
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <system_error>
-
-#include <boost/asio/post.hpp>
-#include <spdlog/spdlog.h>
 
 namespace nbdtunnel::tunnel {
 

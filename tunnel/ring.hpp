@@ -4,11 +4,10 @@
 
 #include <liburing.h>
 
-#include <cstdint>
-#include <functional>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <cstdint>
+#include <functional>
 
 #include "tunnel/unique_fd.hpp"
 

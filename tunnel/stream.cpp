@@ -1,14 +1,13 @@
 #include "tunnel/stream.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "tunnel/channel.hpp"
 #include "tunnel/packet.hpp"
@@ -42,7 +41,9 @@ Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::
   connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
 }
 
-std::string Stream::describe() const { return fmt::format("stream {} ({})", serial_, tag_); }
+std::string Stream::describe() const {
+  return fmt::format("stream {} ({})", serial_, tag_);
+}
 
 void Stream::connect(const std::string& path) {
   local_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -105,9 +106,12 @@ void Stream::on_recv(int res) {
   if (res == 0) {
     // End of data in this direction: an empty CONTINUE, queued after every data packet.
     local_eof_ = true;
-    PacketHeader h{0, kProgram, kProgramVersion,
+    PacketHeader h{0,
+                   kProgram,
+                   kProgramVersion,
                    static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                   static_cast<std::uint32_t>(PacketType::stream), serial_,
+                   static_cast<std::uint32_t>(PacketType::stream),
+                   serial_,
                    static_cast<std::uint32_t>(PacketStatus::cont)};
     channel_.send_packet(h);
     maybe_finish();
@@ -115,9 +119,12 @@ void Stream::on_recv(int res) {
   }
   stats_.bytes_to_peer += got;
   buf.use = TxBuffer::Use::queued;
-  PacketHeader h{0, kProgram, kProgramVersion,
+  PacketHeader h{0,
+                 kProgram,
+                 kProgramVersion,
                  static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                 static_cast<std::uint32_t>(PacketType::stream), serial_,
+                 static_cast<std::uint32_t>(PacketType::stream),
+                 serial_,
                  static_cast<std::uint32_t>(PacketStatus::cont)};
   write_prefix(buf.bytes.data(), h, got);
   channel_.send_buffer(*this, receiving_index_, buf.bytes.data(), kPrefixSize + got);
@@ -223,8 +230,8 @@ void Stream::arm_send() {
   if (rx_used_ > 0 && pipe_r_) {
     sending_ = rx_used_;
     io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
-    io_uring_prep_splice(sqe, pipe_r_.get(), -1, local_.get(), -1,
-                         static_cast<unsigned>(sending_), SPLICE_F_MOVE);
+    io_uring_prep_splice(sqe, pipe_r_.get(), -1, local_.get(), -1, static_cast<unsigned>(sending_),
+                         SPLICE_F_MOVE);
     return;
   }
   if (rx_used_ > 0) {
@@ -267,24 +274,30 @@ void Stream::grant_credit(bool force) {
   std::vector<std::uint8_t> body;
   encode_credit(body, static_cast<std::uint32_t>(credit_owed_));
   credit_owed_ = 0;
-  PacketHeader h{0, kProgram, kProgramVersion, static_cast<std::uint32_t>(Proc::stream_credit),
-                 static_cast<std::uint32_t>(PacketType::message), serial_,
+  PacketHeader h{0,
+                 kProgram,
+                 kProgramVersion,
+                 static_cast<std::uint32_t>(Proc::stream_credit),
+                 static_cast<std::uint32_t>(PacketType::message),
+                 serial_,
                  static_cast<std::uint32_t>(PacketStatus::ok)};
   channel_.send_packet(h, body);
 }
 
 void Stream::maybe_finish() {
   if (state_ != State::open) return;
-  const bool tx_done =
-      local_eof_ && std::none_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) {
-        return b.use != TxBuffer::Use::free;
-      });
+  const bool tx_done = local_eof_ && std::none_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) {
+                         return b.use != TxBuffer::Use::free;
+                       });
   const bool rx_done = remote_eof_ && local_shut_wr_ && !send_op_.busy();
   if (tx_done && rx_done && !finish_sent_) {
     finish_sent_ = true;
-    PacketHeader h{0, kProgram, kProgramVersion,
+    PacketHeader h{0,
+                   kProgram,
+                   kProgramVersion,
                    static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                   static_cast<std::uint32_t>(PacketType::stream), serial_,
+                   static_cast<std::uint32_t>(PacketType::stream),
+                   serial_,
                    static_cast<std::uint32_t>(PacketStatus::ok)};
     channel_.send_packet(h);
   }

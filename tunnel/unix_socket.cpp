@@ -1,5 +1,7 @@
 #include "tunnel/unix_socket.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -7,12 +9,11 @@
 #include <cerrno>
 #include <cstring>
 
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
-
 namespace nbdtunnel::tunnel {
 
-std::size_t max_unix_path() { return sizeof(sockaddr_un::sun_path) - 1; }
+std::size_t max_unix_path() {
+  return sizeof(sockaddr_un::sun_path) - 1;
+}
 
 namespace {
 bool fill_address(const std::string& path, sockaddr_un& addr) {
@@ -30,7 +31,7 @@ unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error) 
     error = fmt::format("socket path '{}' is empty or longer than {} bytes", path, max_unix_path());
     return {};
   }
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       error = fmt::format("{} exists and is not a socket; remove it or choose another path", path);
@@ -38,8 +39,8 @@ unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error) 
     }
     unique_fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (probe && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      error = fmt::format("something is already listening on {}; stop it or choose another path",
-                          path);
+      error =
+          fmt::format("something is already listening on {}; stop it or choose another path", path);
       return {};
     }
     spdlog::info("replacing stale socket file {}", path);
@@ -72,7 +73,9 @@ Acceptor::Acceptor(Ring& ring, unique_fd listener, Handler on_accept)
   op_.set_handler([this](int res, std::uint32_t) { on_complete(res); });
 }
 
-void Acceptor::start() { arm(); }
+void Acceptor::start() {
+  arm();
+}
 
 void Acceptor::arm() {
   if (stopped_ || op_.busy()) return;

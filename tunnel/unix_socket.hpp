@@ -15,7 +15,8 @@ namespace nbdtunnel::tunnel {
 std::size_t max_unix_path();
 
 // Creates a listening UNIX socket at path with the given mode. Refuses a path where something
-// is listening or that is not a socket; replaces a stale socket file. Invalid fd + error on failure.
+// is listening or that is not a socket; replaces a stale socket file. Invalid fd + error on
+// failure.
 unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error);
 
 // Accepts connections on a listening socket, one accept in flight at a time.

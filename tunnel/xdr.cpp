@@ -1,13 +1,15 @@
 #include "tunnel/xdr.hpp"
 
-#include <cstring>
-
 #include <fmt/format.h>
+
+#include <cstring>
 
 namespace nbdtunnel::tunnel {
 
 namespace {
-constexpr std::size_t padded(std::size_t n) { return (n + 3) & ~std::size_t{3}; }
+constexpr std::size_t padded(std::size_t n) {
+  return (n + 3) & ~std::size_t{3};
+}
 }  // namespace
 
 void XdrWriter::u32(std::uint32_t v) {
@@ -21,7 +23,9 @@ void XdrWriter::u64(std::uint64_t v) {
   u32(static_cast<std::uint32_t>(v));
 }
 
-void XdrWriter::pad(std::size_t n) { out_.insert(out_.end(), padded(n) - n, 0); }
+void XdrWriter::pad(std::size_t n) {
+  out_.insert(out_.end(), padded(n) - n, 0);
+}
 
 void XdrWriter::string(std::string_view s) {
   u32(static_cast<std::uint32_t>(s.size()));
