@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""nbdtunnel macro benchmark: the same workloads over direct NBD, nbdtunnel, socat and ssh.
+
+Usage: run_bench.py --nbdtunnel BIN --latency-tool BIN [options]; see --help and bench/README.md.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+sys.dont_write_bytecode = True
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report  # noqa: E402
+import transports as tp  # noqa: E402
+import workloads as wl  # noqa: E402
+
+MiB = 1 << 20
+
+
+def parse_size(s):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?", s.strip(), re.I)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {s!r} (e.g. 256M, 2G)")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(float(m.group(1)) * mult)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nbdtunnel", required=True, help="the nbdtunnel binary")
+    p.add_argument("--latency-tool", required=True, help="bench/tools nbd_latency binary")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 256 MiB, W5 4 x 64 MiB, 1000 W4 requests, no warm-up, 1 run")
+    p.add_argument("--size", type=parse_size, help="image size for W1-W3 (default 2G)")
+    p.add_argument("--w5-disks", type=int, default=4)
+    p.add_argument("--w5-disk-size", type=parse_size, help="size of each W5 disk (default 512M)")
+    p.add_argument("--w4-requests", type=int, help="W4 requests per run (default 20000)")
+    p.add_argument("--w4-seconds", type=float, default=10.0, help="W4 time bound per run (timed requests stop after it)")
+    p.add_argument("--runs", type=int, help="measured runs per (transport, workload) (default 3)")
+    p.add_argument("--warmup", type=int, help="warm-up runs, discarded (default 1)")
+    p.add_argument("--workloads", default="W1,W2,W3,W4,W5")
+    p.add_argument("--transports", default="direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm",
+                   help="comma list; 'nbdtunnel' means every copy mode offered")
+    p.add_argument("--modes", help="nbdtunnel copy modes to run (default: read from --help)")
+    p.add_argument("--nbdtunnel-args", default="", help="extra arguments for both nbdtunnel roles")
+    p.add_argument("--workdir", help="scratch directory (default /dev/shm/nbdtunnel-bench if it has room)")
+    p.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
+    p.add_argument("--keep-images", action="store_true")
+    a = p.parse_args()
+    quick = a.quick
+    a.size = a.size or (256 * MiB if quick else 2 << 30)
+    a.w5_disk_size = a.w5_disk_size or (64 * MiB if quick else 512 * MiB)
+    a.w4_requests = a.w4_requests or (1000 if quick else 20000)
+    a.runs = a.runs if a.runs is not None else (1 if quick else 3)
+    a.warmup = a.warmup if a.warmup is not None else (0 if quick else 1)
+    return a
+
+
+def pick_workdir(a):
+    if a.workdir:
+        return Path(a.workdir)
+    need = 3 * a.size + 2 * a.w5_disks * a.w5_disk_size + (2 << 30)
+    shm = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+    return Path("/dev/shm/nbdtunnel-bench" if shm > need + (4 << 30) else "/var/tmp/nbdtunnel-bench")
+
+
+def machine():
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(), "mem_gib": mem,
+            "loadavg_start": os.getloadavg()}
+
+
+def version(argv, pattern=None):
+    """The first line of argv's output (or the first matching pattern)."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        lines = (p.stdout + p.stderr).strip().splitlines()
+        return next((ln for ln in lines if pattern and re.search(pattern, ln)), lines[0]).strip()
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def make_transports(a, workdir):
+    wanted = [t.strip() for t in a.transports.split(",") if t.strip()]
+    extra = a.nbdtunnel_args.split()
+    offered = tp.copy_modes(a.nbdtunnel)
+    roles = tuple(offered)
+    modes = [m for m in a.modes.split(",") if m] if a.modes else sorted({m for ms in offered.values() for m in ms},
+                                                                      key=lambda m: next(
+                                                                          (ms.index(m) for ms in offered.values() if m in ms), 0))
+    if a.modes and not roles:
+        roles = ("dest", "source")  # the user asked for modes: pass them to both roles
+    keys = None
+    out = []
+    for w in wanted:
+        if w == "direct":
+            out.append(tp.Direct())
+        elif w == "nbdtunnel":
+            out += [tp.Nbdtunnel(a.nbdtunnel, m, roles, extra) for m in modes] or [tp.Nbdtunnel(a.nbdtunnel, None, (), extra)]
+        elif w.startswith("nbdtunnel:"):
+            out.append(tp.Nbdtunnel(a.nbdtunnel, w.split(":", 1)[1], roles or ("dest", "source"), extra))
+        elif w == "socat":
+            out.append(tp.Socat())
+        elif w.startswith("socat-b"):
+            out.append(tp.Socat(int(w[len("socat-b"):])))
+        elif w.startswith("ssh"):
+            keys = keys or tp.SshKeys(workdir / "ssh-keys")
+            cipher = w[len("ssh-"):] if w != "ssh" else None
+            if cipher == "aes128-gcm":
+                cipher = "aes128-gcm@openssh.com"
+            out.append(tp.Ssh(keys, cipher))
+        else:
+            raise SystemExit(f"unknown transport {w!r}")
+    if not out or out[0].name != "direct":
+        print("note: without 'direct' first, no ratios are computed", file=sys.stderr)
+    return out, offered
+
+
+def main():
+    a = parse_args()
+    started = time.monotonic()
+    now = datetime.datetime.now()
+    workdir = pick_workdir(a)
+    workdir.mkdir(parents=True, exist_ok=True)
+    transports, offered = make_transports(a, workdir)
+    works = wl.build(workdir, a.size, a.w5_disks, a.w5_disk_size, a.w4_requests, a.w4_seconds,
+                     a.latency_tool)
+    keys = [k.strip() for k in a.workloads.split(",") if k.strip()]
+    for k in keys:
+        if k not in works:
+            raise SystemExit(f"unknown workload {k!r}; have {', '.join(works)}")
+
+    settings = {
+        "mode": "quick" if a.quick else "full",
+        "image size (W1-W3)": f"{a.size / MiB:g} MiB",
+        "W5": f"{a.w5_disks} x {a.w5_disk_size / MiB:g} MiB",
+        "W4": f"{a.w4_requests} requests of 4 KiB, queue depth 1, 1 GiB export, time bound {a.w4_seconds:g} s, "
+              "200 untimed warm-up requests",
+        "runs": f"{a.warmup} warm-up (discarded) + {a.runs} measured, median reported",
+        "workloads": ",".join(keys),
+        "destination": "qemu-storage-daemon raw over file, cache.no-flush=on (flushes acknowledged "
+                       "without fsync); images on " + str(workdir),
+        "mirror": "blockdev-mirror sync=full with QEMU defaults (granularity, buf-size), "
+                  "timed from blockdev-mirror to BLOCK_JOB_COMPLETED after block-job-cancel at READY",
+        "nbdcopy": "nbdcopy SRC.img nbd+unix:///disk0?socket=... with its defaults",
+        "nbdtunnel copy modes offered": json.dumps(offered) if offered else "none (no --copy-mode in --help)",
+        "nbdtunnel extra args": a.nbdtunnel_args or "none",
+        "versions": "; ".join([version([a.nbdtunnel, "--version"]), version(["qemu-storage-daemon", "--version"]),
+                               version(["nbdcopy", "--version"]), version(["socat", "-V"], r"socat version").split(" on ")[0],
+                               version(["ssh", "-V"])]),
+    }
+    meta = {"date": now.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "settings": settings}
+    print(f"nbdtunnel macro bench {meta['date']}; workdir {workdir}", flush=True)
+    for k, v in settings.items():
+        print(f"  {k}: {v}", flush=True)
+
+    runs = []
+    total = a.warmup + a.runs
+    for k in keys:
+        w = works[k]
+        for i in range(total):
+            for t in transports:
+                rundir = workdir / "runs" / re.sub(r"[^A-Za-z0-9_-]", "_", f"{k}-{i}-{t.name}")
+                shutil.rmtree(rundir, ignore_errors=True)
+                rundir.mkdir(parents=True)
+                t_run = time.monotonic()
+                try:
+                    r = w.run(t, rundir)
+                except Exception as e:  # noqa: BLE001 - one failed run must not stop the bench
+                    r = wl.RunResult(ok=False, error=f"{type(e).__name__}: {e}"[:300])
+                    try:
+                        t.stop()
+                    except Exception:  # noqa: BLE001
+                        pass
+                rec = {"workload": k, "transport": t.name, "run": i, "warmup": i < a.warmup, "ok": r.ok,
+                       "error": r.error, "bytes": r.bytes, "seconds": r.seconds, "mb_s": r.mb_s,
+                       "relay_cpu_s": r.relay_cpu_s, "relay_peak_kib": r.relay_peak_kib, "extra": r.extra}
+                runs.append(rec)
+                tag = "warm-up" if rec["warmup"] else f"run {i - a.warmup + 1}/{a.runs}"
+                if r.ok:
+                    cpu = f"{r.relay_cpu_s:.2f} s" if r.relay_cpu_s is not None else "-"
+                    lat = f" p50 {r.extra['p50_us']:.0f} us p99 {r.extra['p99_us']:.0f} us" if r.extra else ""
+                    print(f"{k} {tag:9} {t.name:24} {r.mb_s:8.1f} MB/s  relay cpu {cpu}{lat}  verified  [{time.monotonic() - t_run:.1f} s]",
+                          flush=True)
+                    shutil.rmtree(rundir, ignore_errors=True)
+                else:
+                    print(f"{k} {tag:9} {t.name:24} FAILED: {r.error} (logs in {rundir})", flush=True)
+
+    meta["elapsed_min"] = (time.monotonic() - started) / 60
+    meta["machine"]["loadavg_end"] = os.getloadavg()
+    rows = report.summarize(runs, keys, [t.name for t in transports])
+    titles = {k: works[k].title for k in keys}
+    descs = {t.name: t.description for t in transports}
+    md = report.markdown(meta, rows, titles, descs)
+    res = Path(a.results_dir)
+    res.mkdir(parents=True, exist_ok=True)
+    stamp = now.strftime("%Y-%m-%dT%H%M") + ("-quick" if a.quick else "")
+    (res / f"RESULTS-{stamp}.md").write_text(md)
+    (res / f"results-{stamp}.json").write_text(json.dumps(
+        {"meta": meta, "workloads": titles, "transports": descs, "summary": rows, "runs": runs}, indent=1))
+    print()
+    print(md)
+    print(f"written: {res}/RESULTS-{stamp}.md and results-{stamp}.json")
+    if not a.keep_images:
+        shutil.rmtree(workdir / "images", ignore_errors=True)
+    return 0 if all(r["passed"] == r["runs"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The ways a source QEMU can reach the destination's NBD UNIX socket.
+
+Each transport is started fresh for every run: start(dst_sock, rundir) returns the UNIX socket
+the source side connects to; relay_pids() are the roots of the relay process trees whose CPU and
+memory are measured; stop() ends them.
+"""
+
+import getpass
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from procs import Proc, free_port, wait_for_tcp_listen, wait_for_unix_socket
+
+
+class Direct:
+    """No relay: the source connects straight to the destination's socket. The upper bound."""
+
+    name = "direct"
+    description = "source QEMU connects to the destination QEMU's NBD UNIX socket"
+
+    def start(self, dst_sock, rundir):
+        return dst_sock
+
+    def relay_pids(self):
+        return []
+
+    def stop(self):
+        pass
+
+
+class Nbdtunnel:
+    """nbdtunnel dest + nbdtunnel source on 127.0.0.1, one channel."""
+
+    def __init__(self, binary, mode=None, mode_roles=(), extra_args=()):
+        self.binary = binary
+        self.mode = mode
+        self.mode_roles = mode_roles  # roles whose --help offers --copy-mode
+        self.extra = list(extra_args)
+        self.name = f"nbdtunnel:{mode}" if mode else "nbdtunnel"
+        self.description = (f"nbdtunnel dest+source over TCP 127.0.0.1, "
+                            f"copy mode {mode or 'default'}"
+                            + (f", extra args {' '.join(self.extra)}" if self.extra else ""))
+        self._procs = []
+
+    def _role_args(self, role):
+        args = list(self.extra)
+        if self.mode and role in self.mode_roles:
+            args += ["--copy-mode", self.mode]
+        return args
+
+    def start(self, dst_sock, rundir):
+        src_sock = str(Path(rundir) / "tunnel-src.sock")
+        log = Path(rundir) / "nbdtunnel.log"
+        dest = Proc([self.binary, "dest", "--listen", "127.0.0.1:0", "--target", f"nbd={dst_sock}",
+                     *self._role_args("dest")], log)
+        self._procs.append(dest)
+        port = dest.wait_for_line(r"listening on [^\s:]+:(\d+)").group(1)
+        source = Proc([self.binary, "source", "--connect", f"127.0.0.1:{port}",
+                       "--forward", f"{src_sock}=nbd", *self._role_args("source")], log)
+        self._procs.append(source)
+        source.wait_for_line(r"channel connected to")
+        wait_for_unix_socket(src_sock, proc=source)
+        return src_sock
+
+    def relay_pids(self):
+        return [p.pid for p in self._procs]
+
+    def stop(self):
+        for p in reversed(self._procs):
+            p.stop()
+        self._procs = []
+
+
+class Socat:
+    """Two forking socat processes: UNIX-LISTEN -> TCP and TCP-LISTEN -> UNIX-CONNECT."""
+
+    def __init__(self, buf=None):
+        self.buf = buf
+        self.name = f"socat-b{buf}" if buf else "socat"
+        self.description = ("socat UNIX-LISTEN,fork -> TCP 127.0.0.1 -> socat TCP-LISTEN,fork,"
+                            "reuseaddr -> UNIX-CONNECT, " + (f"-b {buf}" if buf else "default buffer (8192)"))
+        self._procs = []
+
+    def start(self, dst_sock, rundir):
+        src_sock = str(Path(rundir) / "socat-src.sock")
+        port = free_port()
+        b = ["-b", str(self.buf)] if self.buf else []
+        log = Path(rundir) / "socat.log"
+        dst = Proc(["socat", *b, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                    f"UNIX-CONNECT:{dst_sock}"], log)
+        self._procs.append(dst)
+        wait_for_tcp_listen(port)
+        src = Proc(["socat", *b, f"UNIX-LISTEN:{src_sock},fork", f"TCP:127.0.0.1:{port}"], log)
+        self._procs.append(src)
+        wait_for_unix_socket(src_sock, proc=src)
+        return src_sock
+
+    def relay_pids(self):
+        return [p.pid for p in self._procs]
+
+    def stop(self):
+        for p in reversed(self._procs):
+            p.stop()
+        self._procs = []
+
+
+class SshKeys:
+    """A throwaway sshd identity: host key, user key, authorized_keys, all in one directory."""
+
+    def __init__(self, keydir):
+        self.dir = Path(keydir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("host_ed25519", "user_ed25519"):
+            if not (self.dir / name).exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nbdtunnel-bench",
+                                "-f", str(self.dir / name)], check=True)
+        (self.dir / "authorized_keys").write_text((self.dir / "user_ed25519.pub").read_text())
+        os.chmod(self.dir / "authorized_keys", 0o600)
+
+
+class Ssh:
+    """ssh -N -L src.sock:dst.sock to a private sshd on a high loopback port."""
+
+    def __init__(self, keys, cipher=None):
+        self.keys = keys
+        self.cipher = cipher
+        self.name = f"ssh-{cipher.split('@')[0]}" if cipher else "ssh"
+        self.description = (f"ssh -N -L (UNIX socket forwarding) to a private sshd on 127.0.0.1, "
+                            f"cipher {cipher or 'default (' + default_ssh_cipher() + ')'}")
+        self._procs = []
+
+    def _sshd_config(self, rundir, port):
+        d = self.keys.dir
+        cfg = Path(rundir) / "sshd_config"
+        cfg.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/host_ed25519
+AuthorizedKeysFile {d}/authorized_keys
+PidFile none
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowStreamLocalForwarding yes
+StreamLocalBindUnlink yes
+X11Forwarding no
+PrintMotd no
+LogLevel ERROR
+""")
+        return cfg
+
+    def start(self, dst_sock, rundir):
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+        port = free_port()
+        src_sock = str(Path(rundir) / "ssh-src.sock")
+        log = Path(rundir) / "ssh.log"
+        sshd = Proc(["/usr/sbin/sshd", "-D", "-e", "-f", self._sshd_config(rundir, port)], log)
+        self._procs.append(sshd)
+        wait_for_tcp_listen(port)
+        cipher = ["-c", self.cipher] if self.cipher else []
+        ssh = Proc(["ssh", "-N", "-F", "/dev/null", "-i", self.keys.dir / "user_ed25519",
+                    "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                    "-o", f"UserKnownHostsFile={self.keys.dir}/known_hosts",
+                    "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+                    *cipher, "-L", f"{src_sock}:{dst_sock}", f"{getpass.getuser()}@127.0.0.1"], log)
+        self._procs.append(ssh)
+        wait_for_unix_socket(src_sock, proc=ssh)
+        return src_sock
+
+    def relay_pids(self):
+        return [p.pid for p in self._procs]
+
+    def stop(self):
+        for p in reversed(self._procs):
+            p.stop()
+        self._procs = []
+
+
+def default_ssh_cipher():
+    """The cipher ssh proposes first (what it uses against a default sshd)."""
+    out = subprocess.run(["ssh", "-G", "-F", "/dev/null", "localhost"], capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("ciphers "):
+            return line.split()[1].split(",")[0]
+    return "unknown"
+
+
+def copy_modes(binary):
+    """{role: [modes]} for the roles whose --help offers --copy-mode, parsed from the help text."""
+    found = {}
+    for role in ("dest", "source"):
+        text = subprocess.run([binary, role, "--help"], capture_output=True, text=True)
+        text = text.stdout + text.stderr
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if "--copy-mode" not in line:
+                continue
+            # The option's line plus its indented continuation lines.
+            block = line
+            for cont in lines[i + 1:i + 6]:
+                if cont.strip().startswith("-"):
+                    break
+                block += " " + cont
+            found[role] = _parse_modes(block[block.index("--copy-mode"):])
+    return found
+
+
+def _parse_modes(text):
+    """Mode names from '{a,b}', '(a|b)', 'a|b|c' or 'one of: a, b' in an option's help text."""
+    for rx in (r"\{([\w\-,\s|]+)\}", r"\(([\w\-]+(?:\s*[|,/]\s*[\w\-]+)+)\)",
+               r"([\w\-]+(?:\s*\|\s*[\w\-]+)+)", r"one of:?\s*([\w\-]+(?:\s*,\s*[\w\-]+)+)"):
+        m = re.search(rx, text)
+        if m:
+            modes = [t for t in re.split(r"[\s,|/]+", m.group(1)) if t]
+            if len(modes) > 1:
+                return modes
+    return []
