@@ -39,7 +39,7 @@ struct CommonOptions {
   std::uint32_t window = 2u << 20;
   std::uint32_t chunk = 256u << 10;
   std::string host_id;
-  std::string copy_mode = "copy";
+  std::string copy_mode = "splice";
 };
 
 void add_common(CLI::App* cmd, CommonOptions& o) {
@@ -63,9 +63,10 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
           CLI::Range(std::uint32_t{4096}, static_cast<std::uint32_t>(tunnel::kMaxStreamPayload)))
       ->capture_default_str();
   cmd->add_option("--copy-mode", o.copy_mode,
-                  "how bytes from the channel reach local sockets: copy (recv into a buffer, "
-                  "send from it) or splice (socket → pipe → socket in the kernel); the other "
-                  "direction always copies (measured faster, see bench/)")
+                  "how bytes from the channel reach local sockets: splice (socket → pipe → "
+                  "socket in the kernel; measured fastest, see bench/results) or copy (recv into "
+                  "a buffer, send from it); the other direction always copies, which measured "
+                  "faster than splice there")
       ->check(CLI::IsMember({"copy", "splice"}))
       ->capture_default_str();
   cmd->add_option("--host-id", o.host_id, "identity sent to the peer (default: /etc/machine-id)");

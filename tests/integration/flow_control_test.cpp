@@ -64,9 +64,9 @@ void stalled_target_does_not_stall_other_streams(const std::string& copy_mode) {
   // A target that accepts and never reads: the worst slow disk.
   RawSocket stalled = RawSocket::listen_unix(stalled_target);
   auto dest = start_dest(dir, {"fast=" + fast_target, "stalled=" + stalled_target}, mode);
-  auto source = start_source(
-      dir, dest.port, {dir.file("fast.sock") + "=fast", dir.file("stalled.sock") + "=stalled"},
-      mode);
+  auto source =
+      start_source(dir, dest.port,
+                   {dir.file("fast.sock") + "=fast", dir.file("stalled.sock") + "=stalled"}, mode);
 
   const double alone = within(Seconds(60), "fast stream alone",
                               [&] { return fast_stream_rate(dir.file("fast.sock")); });
@@ -94,10 +94,12 @@ void stalled_target_does_not_stall_other_streams(const std::string& copy_mode) {
 
   const long dest_rss = peak_rss_kib(dest.process.pid());
   const long source_rss = peak_rss_kib(source.pid());
-  std::printf("copy mode %s: fast stream: %.0f MiB/s alone, %.0f MiB/s next to a stalled stream (%.2fx); "
-              "stalled stream accepted %zu KiB before backpressure; peak RSS dest %ld KiB, "
-              "source %ld KiB\n",
-              copy_mode.c_str(), alone, contended, contended / alone, pushed.load() >> 10, dest_rss, source_rss);
+  std::printf(
+      "copy mode %s: fast stream: %.0f MiB/s alone, %.0f MiB/s next to a stalled stream (%.2fx); "
+      "stalled stream accepted %zu KiB before backpressure; peak RSS dest %ld KiB, "
+      "source %ld KiB\n",
+      copy_mode.c_str(), alone, contended, contended / alone, pushed.load() >> 10, dest_rss,
+      source_rss);
   // The stalled stream got some bytes in, then was held back by its window, not buffered.
   EXPECT_GT(pushed.load(), 0u);
   EXPECT_LT(pushed.load(), std::size_t{64} << 20) << "no backpressure on the stalled stream";

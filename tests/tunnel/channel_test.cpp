@@ -2,21 +2,20 @@
 
 #include "tunnel/channel.hpp"
 
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/asio/post.hpp>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
-
-#include <boost/asio/post.hpp>
-#include <gtest/gtest.h>
 
 #include "tunnel/packet.hpp"
 #include "tunnel/unix_socket.hpp"
@@ -34,7 +33,12 @@ struct Packet {
 
 PacketHeader hdr(std::uint32_t proc, PacketType type, std::uint32_t serial,
                  PacketStatus status = PacketStatus::ok, std::uint32_t program = kProgram) {
-  return PacketHeader{0, program, 1, proc, static_cast<std::uint32_t>(type), serial,
+  return PacketHeader{0,
+                      program,
+                      1,
+                      proc,
+                      static_cast<std::uint32_t>(type),
+                      serial,
                       static_cast<std::uint32_t>(status)};
 }
 
@@ -62,8 +66,8 @@ class ChannelTest : public ::testing::Test {
       config.handshake_timeout = 2s;
     }
     config.window = kMinWindow;
-    channel_ = std::make_unique<Channel>(io_, ring_, unique_fd(fds[0]),
-                                         Channel::Role::responder, "test-peer", config, events);
+    channel_ = std::make_unique<Channel>(io_, ring_, unique_fd(fds[0]), Channel::Role::responder,
+                                         "test-peer", config, events);
     channel_->start();
     thread_ = std::thread([this] { io_.run(); });
   }

@@ -42,8 +42,8 @@ TEST(Packet, DecodeGoldenStreamPacket) {
 
 TEST(Packet, GoldenKeepalivePing) {
   // libvirt's keepalive program: "keep", version 1, PING = 1, MESSAGE, serial 0, OK, no body.
-  const Bytes expected = {0, 0, 0, 0x1c, 0x6b, 0x65, 0x65, 0x70, 0, 0, 0, 1, 0, 0, 0, 1,
-                          0, 0, 0, 2,    0,    0,    0,    0,    0, 0, 0, 0};
+  const Bytes expected = {0, 0, 0, 0x1c, 0x6b, 0x65, 0x65, 0x70, 0, 0, 0, 1, 0, 0,
+                          0, 1, 0, 0,    0,    2,    0,    0,    0, 0, 0, 0, 0, 0};
   EXPECT_EQ(make_packet(PacketHeader{0, kKeepaliveProgram, 1, 1, 2, 0, 0}), expected);
 }
 

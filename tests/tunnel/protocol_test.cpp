@@ -11,9 +11,9 @@ TEST(Protocol, GoldenOpenTunnelBody) {
   Bytes body;
   encode_open_tunnel(body, OpenTunnel{"disk0", 0});
   const Bytes expected = {
-      0, 0, 0, 5,                   // target: string length 5
+      0,   0,   0,   5,                  // target: string length 5
       'd', 'i', 's', 'k', '0', 0, 0, 0,  // "disk0" + 3 bytes of padding
-      0, 0, 0, 0,                   // flags
+      0,   0,   0,   0,                  // flags
   };
   EXPECT_EQ(body, expected);
   OpenTunnel o;
@@ -25,19 +25,19 @@ TEST(Protocol, GoldenRemoteErrorBody) {
   Bytes body;
   encode_remote_error(body, make_error(ErrorCode::unknown_target, "no"));
   const Bytes expected = {
-      0,    0,    0, 4,          // code: unknown_target
-      0,    0,    0x4e, 0x42,    // domain: "NB"
-      0,    0,    0, 1,          // message: present
-      0,    0,    0, 2,          //   length 2
-      'n',  'o',  0, 0,          //   "no" + padding
-      0,    0,    0, 2,          // level: error
-      0,    0,    0, 0,          // dom: absent
-      0,    0,    0, 0,          // str1: absent
-      0,    0,    0, 0,          // str2: absent
-      0,    0,    0, 0,          // str3: absent
-      0,    0,    0, 0,          // int1
-      0,    0,    0, 0,          // int2
-      0,    0,    0, 0,          // net: absent
+      0,   0,   0,    4,     // code: unknown_target
+      0,   0,   0x4e, 0x42,  // domain: "NB"
+      0,   0,   0,    1,     // message: present
+      0,   0,   0,    2,     //   length 2
+      'n', 'o', 0,    0,     //   "no" + padding
+      0,   0,   0,    2,     // level: error
+      0,   0,   0,    0,     // dom: absent
+      0,   0,   0,    0,     // str1: absent
+      0,   0,   0,    0,     // str2: absent
+      0,   0,   0,    0,     // str3: absent
+      0,   0,   0,    0,     // int1
+      0,   0,   0,    0,     // int2
+      0,   0,   0,    0,     // net: absent
   };
   EXPECT_EQ(body, expected);
   RemoteError e;
@@ -48,11 +48,11 @@ TEST(Protocol, GoldenRemoteErrorBody) {
 
 TEST(Protocol, RemoteErrorWithDomainObjectDecodes) {
   // libvirt may fill `dom`; we skip it without choking.
-  Bytes body = {0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1,  // dom present
+  Bytes body = {0, 0, 0, 1, 0,   0,   0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1,  // dom present
                 0, 0, 0, 2, 'v', 'm', 0, 0};
-  body.insert(body.end(), 16, 0xab);                       // uuid
-  body.insert(body.end(), {0, 0, 0, 3});                  // id
-  body.insert(body.end(), 4 * 6, 0);                      // str1..3 absent, int1, int2, net
+  body.insert(body.end(), 16, 0xab);      // uuid
+  body.insert(body.end(), {0, 0, 0, 3});  // id
+  body.insert(body.end(), 4 * 6, 0);      // str1..3 absent, int1, int2, net
   RemoteError e;
   EXPECT_EQ(decode_remote_error(body, e), "");
   EXPECT_EQ(e.code, 1);
@@ -117,6 +117,73 @@ TEST(Protocol, CreditBodyMustBeExactlyOneWord) {
   EXPECT_EQ(n, 65536u);
   EXPECT_NE(decode_credit(Bytes{0, 1, 0}, n), "");
   EXPECT_NE(decode_credit(Bytes{0, 1, 0, 0, 0}, n), "");
+}
+
+}  // namespace
+}  // namespace nbdtunnel::tunnel
+
+namespace nbdtunnel::tunnel {
+namespace {
+
+TEST(Protocol, GoldenPrepareBody) {
+  Prepare p;
+  p.migration_id = "m1";
+  p.disks.push_back({"d0", 0x100000000ull});
+  p.flags = kPrepareCheckOnly;
+  std::vector<std::uint8_t> body;
+  encode_prepare(body, p);
+  const std::vector<std::uint8_t> expected = {
+      0, 0, 0, 2, 'm', '1', 0, 0,  // migration_id "m1" + padding
+      0, 0, 0, 1,                  // one disk
+      0, 0, 0, 2, 'd', '0', 0, 0,  //   node "d0"
+      0, 0, 0, 1, 0,   0,   0, 0,  //   size 4 GiB (hyper)
+      0, 0, 0, 1,                  // flags: CHECK_ONLY
+  };
+  EXPECT_EQ(body, expected);
+  Prepare d;
+  EXPECT_EQ(decode_prepare(body, d), "");
+  ASSERT_EQ(d.disks.size(), 1u);
+  EXPECT_EQ(d.disks[0].size, 0x100000000ull);
+}
+
+TEST(Protocol, PrepareWithTooManyDisksIsRefusedBeforeReading) {
+  std::vector<std::uint8_t> body = {0, 0, 0, 1, 'm', 0, 0, 0, 0xff, 0xff, 0xff, 0xff};
+  Prepare d;
+  EXPECT_NE(decode_prepare(body, d).find("the limit is 64"), std::string::npos);
+}
+
+TEST(Protocol, MigrationIdsThatCouldEscapeAPathAreRefused) {
+  EXPECT_TRUE(valid_migration_id("vm-1.disks_2"));
+  EXPECT_FALSE(valid_migration_id(""));
+  EXPECT_FALSE(valid_migration_id("x/../y"));
+  EXPECT_FALSE(valid_migration_id("a b"));
+  EXPECT_FALSE(valid_migration_id(".hidden"));
+  EXPECT_FALSE(valid_migration_id(std::string(65, 'a')));
+  Prepare p;
+  p.migration_id = "../etc";
+  p.disks.push_back({"d0", 1});
+  std::vector<std::uint8_t> body;
+  encode_prepare(body, p);
+  Prepare d;
+  EXPECT_NE(decode_prepare(body, d), "");
+}
+
+TEST(Protocol, PrepareResultRoundTrip) {
+  PrepareResult r;
+  r.qemu_version = "7.2.22";
+  r.target = "migration/m1";
+  r.disks.push_back({"d0", true, 4096, false});
+  std::vector<std::uint8_t> body;
+  encode_prepare_result(body, r);
+  PrepareResult d;
+  EXPECT_EQ(decode_prepare_result(body, d), "");
+  EXPECT_EQ(d.target, "migration/m1");
+  ASSERT_EQ(d.disks.size(), 1u);
+  EXPECT_TRUE(d.disks[0].exists);
+  EXPECT_FALSE(d.disks[0].writable);
+  for (std::size_t n = 0; n < body.size(); ++n) {
+    EXPECT_NE(decode_prepare_result(std::span(body).first(n), d), "") << n;
+  }
 }
 
 }  // namespace
