@@ -140,6 +140,20 @@ void Channel::arm_read() {
   }
 }
 
+// Handles a read that returned end of stream or an error; true if it did.
+bool Channel::read_ended(int res) {
+  if (res == 0) {
+    spdlog::info("{}: peer closed the connection", peer_);
+    close("peer closed the connection");
+    return true;
+  }
+  if (res < 0) {
+    fail(fmt::format("receive failed: {}", std::strerror(-res)));
+    return true;
+  }
+  return false;
+}
+
 // Splice receive path: read exactly the prefix, then either the body (control packets, or a
 // payload its stream cannot take by splice) or splice the payload straight into the stream.
 void Channel::on_read_spliced(int res) {
@@ -148,15 +162,7 @@ void Channel::on_read_spliced(int res) {
     maybe_finish_close();
     return;
   }
-  if (res == 0) {
-    spdlog::info("{}: peer closed the connection", peer_);
-    close("peer closed the connection");
-    return;
-  }
-  if (res < 0) {
-    fail(fmt::format("receive failed: {}", std::strerror(-res)));
-    return;
-  }
+  if (read_ended(res)) return;
   last_rx_ = std::chrono::steady_clock::now();
   const auto n = static_cast<std::size_t>(res);
   wanted_ -= n;
@@ -231,15 +237,7 @@ void Channel::on_read(int res) {
     maybe_finish_close();
     return;
   }
-  if (res == 0) {
-    spdlog::info("{}: peer closed the connection", peer_);
-    close("peer closed the connection");
-    return;
-  }
-  if (res < 0) {
-    fail(fmt::format("receive failed: {}", std::strerror(-res)));
-    return;
-  }
+  if (read_ended(res)) return;
   last_rx_ = std::chrono::steady_clock::now();
   rend_ += static_cast<std::size_t>(res);
   while (!closing_) {

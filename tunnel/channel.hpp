@@ -110,6 +110,7 @@ class Channel {
   void arm_read();
   void on_read(int res);
   void on_read_spliced(int res);
+  bool read_ended(int res);
   void on_prefix(const PacketHeader& h);
   void handle(const PacketHeader& h, std::span<const std::uint8_t> body);
   void handle_hello_call(const PacketHeader& h, std::span<const std::uint8_t> body);

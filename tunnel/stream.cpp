@@ -41,6 +41,16 @@ Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::
   connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
 }
 
+PacketHeader Stream::stream_header(PacketStatus status) const {
+  return PacketHeader{0,
+                      kProgram,
+                      kProgramVersion,
+                      static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                      static_cast<std::uint32_t>(PacketType::stream),
+                      serial_,
+                      static_cast<std::uint32_t>(status)};
+}
+
 std::string Stream::describe() const {
   return fmt::format("stream {} ({})", serial_, tag_);
 }
@@ -106,26 +116,14 @@ void Stream::on_recv(int res) {
   if (res == 0) {
     // End of data in this direction: an empty CONTINUE, queued after every data packet.
     local_eof_ = true;
-    PacketHeader h{0,
-                   kProgram,
-                   kProgramVersion,
-                   static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                   static_cast<std::uint32_t>(PacketType::stream),
-                   serial_,
-                   static_cast<std::uint32_t>(PacketStatus::cont)};
+    const PacketHeader h = stream_header(PacketStatus::cont);
     channel_.send_packet(h);
     maybe_finish();
     return;
   }
   stats_.bytes_to_peer += got;
   buf.use = TxBuffer::Use::queued;
-  PacketHeader h{0,
-                 kProgram,
-                 kProgramVersion,
-                 static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                 static_cast<std::uint32_t>(PacketType::stream),
-                 serial_,
-                 static_cast<std::uint32_t>(PacketStatus::cont)};
+  const PacketHeader h = stream_header(PacketStatus::cont);
   write_prefix(buf.bytes.data(), h, got);
   channel_.send_buffer(*this, receiving_index_, buf.bytes.data(), kPrefixSize + got);
   arm_recv();
@@ -292,13 +290,7 @@ void Stream::maybe_finish() {
   const bool rx_done = remote_eof_ && local_shut_wr_ && !send_op_.busy();
   if (tx_done && rx_done && !finish_sent_) {
     finish_sent_ = true;
-    PacketHeader h{0,
-                   kProgram,
-                   kProgramVersion,
-                   static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                   static_cast<std::uint32_t>(PacketType::stream),
-                   serial_,
-                   static_cast<std::uint32_t>(PacketStatus::ok)};
+    const PacketHeader h = stream_header(PacketStatus::ok);
     channel_.send_packet(h);
   }
   if (finish_sent_ && finish_received_) {

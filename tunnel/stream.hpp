@@ -80,6 +80,8 @@ class Stream {
   void grant_credit(bool force);
   void close_local();
   std::string describe() const;
+  // The header of a STREAM packet of this stream.
+  PacketHeader stream_header(PacketStatus status) const;
 
   Channel& channel_;
   const std::uint32_t serial_;
