@@ -71,6 +71,7 @@ unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error) 
 Acceptor::Acceptor(Ring& ring, unique_fd listener, Handler on_accept)
     : ring_(ring), listener_(std::move(listener)), on_accept_(std::move(on_accept)) {
   op_.set_handler([this](int res, std::uint32_t) { on_complete(res); });
+  pause_op_.set_handler([this](int, std::uint32_t) { arm(); });
 }
 
 void Acceptor::start() {
@@ -93,7 +94,12 @@ void Acceptor::on_complete(int res) {
   } else if (res != -EINTR && res != -ECONNABORTED && res != -EAGAIN) {
     on_accept_(unique_fd{}, -res);
     if (res == -EMFILE || res == -ENFILE) {
-      spdlog::error("accept on fd {}: {}; still accepting", listener_.get(), std::strerror(-res));
+      // Accepting again at once would spin: pause 100 ms, then retry.
+      spdlog::error("accept on fd {}: {}; retrying in 100 ms", listener_.get(),
+                    std::strerror(-res));
+      pause_ = __kernel_timespec{0, 100'000'000};
+      io_uring_prep_timeout(ring_.prepare(pause_op_), &pause_, 0, 0);
+      return;
     }
   }
   arm();
@@ -103,6 +109,7 @@ void Acceptor::stop() {
   stopped_ = true;
   ::shutdown(listener_.get(), SHUT_RDWR);
   ring_.cancel(op_);
+  ring_.cancel(pause_op_);
 }
 
 }  // namespace nbdtunnel::tunnel

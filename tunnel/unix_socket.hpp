@@ -31,7 +31,7 @@ class Acceptor {
   void start();
   // Stops accepting; idle() turns true once the accept in flight has completed.
   void stop();
-  bool idle() const { return !op_.busy(); }
+  bool idle() const { return !op_.busy() && !pause_op_.busy(); }
   int fd() const { return listener_.get(); }
 
  private:
@@ -42,6 +42,8 @@ class Acceptor {
   unique_fd listener_;
   Handler on_accept_;
   Op op_;
+  Op pause_op_;  // out of file descriptors: wait a little before accepting again
+  __kernel_timespec pause_{};
   bool stopped_ = false;
 };
 
