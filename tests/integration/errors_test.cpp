@@ -9,6 +9,7 @@
 #include "nbd/nbd_client.hpp"
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/nbd_servers.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/sockets.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 #include "tests/integration/harness/tunnel.hpp"
@@ -22,9 +23,7 @@ constexpr Seconds kShort{5};
 
 class TunnelFaultTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    if (!find_program("nbdkit")) GTEST_SKIP() << "nbdkit is not installed (scripts/setup.sh)";
-  }
+  void SetUp() override { NBDTUNNEL_REQUIRE_TOOLS("nbdkit"); }
 
   // Starts the NBD server the dest's "nbd" target points at.
   void start_target() { target_.emplace(start_nbdkit_memory(dir_, target_sock_, kExportSize)); }

@@ -11,6 +11,7 @@
 #include "nbd/nbd_client.hpp"
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/nbd_servers.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/sockets.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 #include "tests/integration/harness/tunnel.hpp"
@@ -111,12 +112,12 @@ void stalled_target_does_not_stall_other_streams(const std::string& copy_mode) {
 }
 
 TEST(FlowControl, StalledTargetDoesNotStallOtherStreamsCopyMode) {
-  if (!find_program("nbdkit")) GTEST_SKIP() << "nbdkit is not installed (scripts/setup.sh)";
+  NBDTUNNEL_REQUIRE_TOOLS("nbdkit");
   stalled_target_does_not_stall_other_streams("copy");
 }
 
 TEST(FlowControl, StalledTargetDoesNotStallOtherStreamsSpliceMode) {
-  if (!find_program("nbdkit")) GTEST_SKIP() << "nbdkit is not installed (scripts/setup.sh)";
+  NBDTUNNEL_REQUIRE_TOOLS("nbdkit");
   stalled_target_does_not_stall_other_streams("splice");
 }
 

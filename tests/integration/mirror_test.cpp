@@ -7,6 +7,7 @@
 
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/qemu.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 #include "tests/integration/harness/tunnel.hpp"
 
@@ -36,7 +37,7 @@ Qemu start_destination(const TempDir& dir, int disks, std::uint64_t size) {
 }
 
 TEST(TunnelMirror, TwoDisksMirrorConcurrentlyThroughOneChannel) {
-  if (auto missing = missing_qemu_tool({"qemu-storage-daemon"})) GTEST_SKIP() << *missing;
+  NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
   constexpr std::uint64_t kSize = 256 << 20;
   TempDir dir;
   auto dst = start_destination(dir, 2, kSize);
@@ -75,9 +76,7 @@ TEST(TunnelMirror, TwoDisksMirrorConcurrentlyThroughOneChannel) {
 }
 
 TEST(TunnelMirror, GuestWritesDuringTheMirrorReachTheDestination) {
-  if (auto missing = missing_qemu_tool({"qemu-storage-daemon", "qemu-system-x86_64"})) {
-    GTEST_SKIP() << *missing;
-  }
+  NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon", "qemu-system-x86_64");
   constexpr std::uint64_t kSize = 128 << 20;
   struct Write {
     std::uint64_t offset;

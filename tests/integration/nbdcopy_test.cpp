@@ -6,6 +6,7 @@
 #include "nbd/nbd_client.hpp"
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/nbd_servers.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 #include "tests/integration/harness/tunnel.hpp"
 #include "tests/integration/harness/within.hpp"
@@ -16,9 +17,7 @@ namespace {
 constexpr std::uint64_t kDiskSize = 256 << 20;
 
 TEST(TunnelNbdcopy, CopiesADiskToTheDestinationExport) {
-  for (const char* tool : {"nbdcopy", "qemu-nbd"}) {
-    if (!find_program(tool)) GTEST_SKIP() << tool << " is not installed (scripts/setup.sh)";
-  }
+  NBDTUNNEL_REQUIRE_TOOLS("nbdcopy", "qemu-nbd");
   TempDir dir;
   const std::string src_image = dir.file("src.raw");
   const std::string dst_image = dir.file("dst.raw");

@@ -8,6 +8,7 @@
 #include "nbd/nbd_client.hpp"
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/nbd_servers.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 #include "tests/integration/harness/tunnel.hpp"
 #include "tests/integration/harness/within.hpp"
@@ -42,7 +43,7 @@ std::string exercise_region(const std::string& socket, int index) {
 }
 
 TEST(TunnelStreams, EightConcurrentClientsWriteAndReadBack) {
-  if (!find_program("nbdkit")) GTEST_SKIP() << "nbdkit is not installed (scripts/setup.sh)";
+  NBDTUNNEL_REQUIRE_TOOLS("nbdkit");
   TempDir dir;
   const std::string target = dir.file("target.sock");
   const std::string local = dir.file("local.sock");

@@ -14,6 +14,7 @@
 
 #include "tests/integration/harness/process.hpp"
 #include "tests/integration/harness/qemu.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/sockets.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 #include "tests/integration/harness/tunnel.hpp"
@@ -121,13 +122,5 @@ class ControlClient {
 
 // A TCP port on 127.0.0.1 where nothing listens (bound, then closed).
 int closed_local_port();
-
-// Skips the test unless qemu-storage-daemon (and `more`) are installed.
-#define NBDTUNNEL_REQUIRE_TOOLS(...)                                              \
-  do {                                                                            \
-    if (auto missing_ = ::nbdtunnel::testing::missing_qemu_tool({__VA_ARGS__})) { \
-      GTEST_SKIP() << *missing_;                                                  \
-    }                                                                             \
-  } while (0)
 
 }  // namespace nbdtunnel::testing

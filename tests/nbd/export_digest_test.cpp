@@ -6,6 +6,7 @@
 
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/nbd_servers.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 
 namespace nbdtunnel::nbd {
@@ -37,7 +38,7 @@ TEST(Digest64, SeesOneFlippedBitAndTrailingZeroes) {
 }
 
 TEST(ExportDigest, EqualsTheDigestOfTheExportedFile) {
-  if (!testing::find_program("qemu-nbd")) GTEST_SKIP() << "qemu-nbd is not installed";
+  NBDTUNNEL_REQUIRE_TOOLS("qemu-nbd");
   TempDir dir;
   const std::string image = dir.file("disk.raw");
   // Not a multiple of the 4 MiB read chunk, so the last read is short.

@@ -8,6 +8,7 @@
 
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/nbd_servers.hpp"
+#include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/temp_dir.hpp"
 
 namespace nbdtunnel::nbd {
@@ -21,7 +22,7 @@ constexpr std::uint64_t kSize = 16 << 20;
 class NbdClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!find_program("nbdkit")) GTEST_SKIP() << "nbdkit is not installed (scripts/setup.sh)";
+    NBDTUNNEL_REQUIRE_TOOLS("nbdkit");
     server_.emplace(testing::start_nbdkit_memory(dir_, socket_, kSize));
   }
 

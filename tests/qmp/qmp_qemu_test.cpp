@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -184,7 +185,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "SKIP: qemu-storage-daemon is not installed; the QMP integration tests did NOT "
                  "run (Debian: apt-get install qemu-system-common)\n");
-    return 77;
+    // Under CI scripts/setup.sh installs QEMU: missing there is a broken install, not a skip.
+    const char* ci = std::getenv("CI");
+    return ci != nullptr && *ci != '\0' ? 1 : 77;
   }
   return RUN_ALL_TESTS();
 }

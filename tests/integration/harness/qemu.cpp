@@ -115,13 +115,4 @@ json cancel_ready_job(qmp::BlockingQmp& qmp, const std::string& job_id, Seconds 
   return ev.value("data", json::object());
 }
 
-std::optional<std::string> missing_qemu_tool(const std::vector<std::string>& programs) {
-  for (const auto& p : programs) {
-    if (!find_program(p)) {
-      return p + " is not installed (scripts/setup.sh installs it); this test needs real QEMU";
-    }
-  }
-  return std::nullopt;
-}
-
 }  // namespace nbdtunnel::testing

@@ -60,7 +60,4 @@ json wait_job_ready(qmp::BlockingQmp& qmp, const std::string& job_id, Seconds ti
 // (an "error" member there means the copy failed).
 json cancel_ready_job(qmp::BlockingQmp& qmp, const std::string& job_id, Seconds timeout);
 
-// The qemu-storage-daemon / qemu-system binaries, or nullopt with a reason for GTEST_SKIP.
-std::optional<std::string> missing_qemu_tool(const std::vector<std::string>& programs);
-
 }  // namespace nbdtunnel::testing
