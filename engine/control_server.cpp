@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "qmp/json_lines.hpp"
+#include "tunnel/unix_socket.hpp"
 
 #ifndef NBDTUNNEL_VERSION
 #define NBDTUNNEL_VERSION "unknown"
@@ -69,45 +70,6 @@ boost::system::error_code errno_code() {
 
 std::runtime_error socket_error(const std::string& path, const std::string& what) {
   return std::runtime_error(fmt::format("control socket {}: {}", path, what));
-}
-
-// True if a server accepts connections at `path`; false if the socket file is stale.
-bool someone_listens(const std::string& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) throw socket_error(path, fmt::format("socket() failed: {}", std::strerror(errno)));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
-  const int err = rc == 0 ? 0 : errno;
-  ::close(fd);
-  if (err == 0 || err == EAGAIN || err == EINPROGRESS) return true;  // EAGAIN: backlog full
-  if (err == ECONNREFUSED || err == ENOENT) return false;
-  throw socket_error(path, fmt::format("cannot check whether it is in use: {}; remove it or "
-                                       "choose another path",
-                                       std::strerror(err)));
-}
-
-// Makes `path` free for bind(): removes a stale socket, refuses anything else.
-void clear_path(const std::string& path) {
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return;
-    throw socket_error(path, fmt::format("cannot inspect the path: {}", std::strerror(errno)));
-  }
-  if (!S_ISSOCK(st.st_mode)) {
-    throw socket_error(path, "the path exists and is not a socket; remove it or choose another");
-  }
-  if (someone_listens(path)) {
-    throw socket_error(path,
-                       "another process is listening on it (another migration?); stop it "
-                       "or choose another path");
-  }
-  spdlog::info("control socket {}: replacing a stale socket file", path);
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    throw socket_error(path,
-                       fmt::format("cannot remove the stale socket: {}", std::strerror(errno)));
-  }
 }
 
 json error_reply(std::string_view cls, std::string_view desc) {
@@ -255,25 +217,20 @@ void ControlServer::start() {
     throw socket_error(s.path, fmt::format("the path must be 1 to {} bytes long",
                                            sizeof(sockaddr_un::sun_path) - 1));
   }
-  clear_path(s.path);
-
+  // The same rules as every socket nbdtunnel creates: a stale file is replaced, a live socket or
+  // anything else is refused, and the socket is never open wider than 0600.
+  std::string error;
+  tunnel::unique_fd fd = tunnel::listen_unix(s.path, 0600, error);
+  if (!fd) throw socket_error(s.path, error);
   boost::system::error_code ec;
   local::acceptor acceptor(s.ex);
-  acceptor.open(local(), ec);
-  // On Linux the mode of the socket's inode becomes the mode of the file bind() creates, so the
-  // socket is never open to others, not even between bind() and chmod().
-  if (!ec && ::fchmod(acceptor.native_handle(), 0600) != 0) ec = errno_code();
-  if (!ec) acceptor.bind(local::endpoint(s.path), ec);
-  if (ec) throw socket_error(s.path, fmt::format("cannot create it: {}", ec.message()));
-  // The file is ours from here on: remove it if the rest fails.
-  if (::chmod(s.path.c_str(), 0600) != 0 || ::lstat(s.path.c_str(), &s.created) != 0) {
-    ec = errno_code();
-  }
-  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (::lstat(s.path.c_str(), &s.created) != 0) ec = errno_code();
+  if (!ec) acceptor.assign(local(), fd.get(), ec);
   if (ec) {
     ::unlink(s.path.c_str());
     throw socket_error(s.path, fmt::format("cannot set it up: {}", ec.message()));
   }
+  fd.release();  // the acceptor owns it now
   s.acceptor = std::move(acceptor);
   s.started = true;
   spdlog::debug("control socket {}: listening", s.path);
