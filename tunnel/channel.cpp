@@ -22,13 +22,7 @@ constexpr std::size_t kMaxControlBytes = 8u << 20;
 
 PacketHeader header(std::uint32_t program, std::uint32_t proc, PacketType type,
                     std::uint32_t serial, PacketStatus status) {
-  return PacketHeader{0,
-                      program,
-                      program == kKeepaliveProgram ? kKeepaliveVersion : kProgramVersion,
-                      proc,
-                      static_cast<std::uint32_t>(type),
-                      serial,
-                      static_cast<std::uint32_t>(status)};
+  return make_header(program, proc, type, serial, status);
 }
 }  // namespace
 

@@ -76,6 +76,17 @@ std::string check_header(const PacketHeader& h) {
   return {};
 }
 
+PacketHeader make_header(std::uint32_t program, std::uint32_t procedure, PacketType type,
+                         std::uint32_t serial, PacketStatus status) {
+  return PacketHeader{0,
+                      program,
+                      program == kKeepaliveProgram ? kKeepaliveVersion : kProgramVersion,
+                      procedure,
+                      static_cast<std::uint32_t>(type),
+                      serial,
+                      static_cast<std::uint32_t>(status)};
+}
+
 void write_prefix(std::uint8_t* out, PacketHeader h, std::size_t body_len) {
   store_be32(out, static_cast<std::uint32_t>(kPrefixSize + body_len));
   store_be32(out + 4, h.program);

@@ -31,6 +31,10 @@ DecodeResult decode_prefix(std::span<const std::uint8_t> in, std::size_t max_pac
 // Returns an error text if type or status are not values of this protocol, empty otherwise.
 std::string check_header(const PacketHeader& h);
 
+// A header of `program` (its version filled in); length is set when the packet is written.
+PacketHeader make_header(std::uint32_t program, std::uint32_t procedure, PacketType type,
+                         std::uint32_t serial, PacketStatus status);
+
 // Writes the 28-byte prefix (length word + header) for a body of body_len bytes.
 void write_prefix(std::uint8_t* out, PacketHeader h, std::size_t body_len);
 

@@ -42,13 +42,8 @@ Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::
 }
 
 PacketHeader Stream::stream_header(PacketStatus status) const {
-  return PacketHeader{0,
-                      kProgram,
-                      kProgramVersion,
-                      static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                      static_cast<std::uint32_t>(PacketType::stream),
-                      serial_,
-                      static_cast<std::uint32_t>(status)};
+  return make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                     PacketType::stream, serial_, status);
 }
 
 std::string Stream::describe() const {
@@ -272,13 +267,8 @@ void Stream::grant_credit(bool force) {
   std::vector<std::uint8_t> body;
   encode_credit(body, static_cast<std::uint32_t>(credit_owed_));
   credit_owed_ = 0;
-  PacketHeader h{0,
-                 kProgram,
-                 kProgramVersion,
-                 static_cast<std::uint32_t>(Proc::stream_credit),
-                 static_cast<std::uint32_t>(PacketType::message),
-                 serial_,
-                 static_cast<std::uint32_t>(PacketStatus::ok)};
+  const PacketHeader h = make_header(kProgram, static_cast<std::uint32_t>(Proc::stream_credit),
+                                     PacketType::message, serial_, PacketStatus::ok);
   channel_.send_packet(h, body);
 }
 
