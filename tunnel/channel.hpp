@@ -110,6 +110,10 @@ class Channel {
   void arm_read();
   void on_read(int res);
   void on_read_spliced(int res);
+  void pump_spliced();
+  void wait_readable();
+  void on_read_ready(int res);
+  bool splice_target_gone();
   bool read_ended(int res);
   void on_prefix(const PacketHeader& h);
   void handle(const PacketHeader& h, std::span<const std::uint8_t> body);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -13,6 +14,17 @@
 #include "tunnel/packet.hpp"
 
 namespace nbdtunnel::tunnel {
+
+std::uint32_t splice_window_limit(std::uint32_t window) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return window;
+  const unique_fd r(fds[0]), w(fds[1]);
+  for (std::uint64_t size = 2ull * window; size >= 2 * kMinWindow; size /= 2) {
+    const int got = ::fcntl(w.get(), F_SETPIPE_SZ, static_cast<int>(size));
+    if (got > 0) return std::min<std::uint32_t>(window, static_cast<std::uint32_t>(got / 2));
+  }
+  return window;  // no pipe can grow at all: each stream falls back to copying
+}
 
 Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
                unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice_rx)
@@ -37,7 +49,13 @@ Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::
   if (!pipe_r_) rx_.resize(window_);
   for (auto& b : tx_) b.bytes.resize(kPrefixSize + chunk_);
   recv_op_.set_handler([this](int res, std::uint32_t) { on_recv(res); });
-  send_op_.set_handler([this](int res, std::uint32_t) { on_send(res); });
+  send_op_.set_handler([this](int res, std::uint32_t) {
+    if (pipe_r_) {
+      on_writable(res);
+    } else {
+      on_send(res);
+    }
+  });
   connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
 }
 
@@ -75,6 +93,8 @@ void Stream::on_connect(int res) {
 
 void Stream::start(std::uint32_t credit) {
   state_ = State::open;
+  // The pipe drains into the local socket by plain splice calls, which must not block.
+  if (pipe_r_) set_nonblocking(local_.get());
   tx_credit_ = credit;
   arm_recv();
 }
@@ -101,6 +121,10 @@ void Stream::on_recv(int res) {
   recv_reserved_ = 0;
   if (state_ == State::closed) {
     channel_.release(*this);
+    return;
+  }
+  if (res == -EAGAIN) {  // io_uring waits for readiness, so this is not expected; retry
+    arm_recv();
     return;
   }
   if (res < 0) {
@@ -221,16 +245,13 @@ void Stream::on_spliced(std::size_t n) {
 void Stream::arm_send() {
   if (state_ != State::open || send_op_.busy()) return;
   if (rx_used_ > 0 && pipe_r_) {
-    sending_ = rx_used_;
-    io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
-    io_uring_prep_splice(sqe, pipe_r_.get(), -1, local_.get(), -1, static_cast<unsigned>(sending_),
-                         SPLICE_F_MOVE);
+    drain_pipe();
     return;
   }
   if (rx_used_ > 0) {
-    sending_ = std::min(rx_used_, rx_.size() - rx_head_);
+    const std::size_t sending = std::min(rx_used_, rx_.size() - rx_head_);
     io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
-    io_uring_prep_send(sqe, local_.get(), rx_.data() + rx_head_, sending_, MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, local_.get(), rx_.data() + rx_head_, sending, MSG_NOSIGNAL);
     return;
   }
   if (remote_eof_ && !local_shut_wr_) {
@@ -239,6 +260,43 @@ void Stream::arm_send() {
     local_shut_wr_ = true;
     maybe_finish();
   }
+}
+
+// Splice path: moves the pipe into the local socket now (io_uring would run the splice on a
+// worker thread); when the socket is full, waits for it to become writable.
+void Stream::drain_pipe() {
+  while (rx_used_ > 0 && state_ == State::open) {
+    const ssize_t n = ::splice(pipe_r_.get(), nullptr, local_.get(), nullptr, rx_used_,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
+      io_uring_prep_poll_add(sqe, local_.get(), POLLOUT);
+      return;
+    }
+    if (n <= 0) {
+      abort(ErrorCode::stream_io,
+            fmt::format("writing the local socket failed: {}",
+                        n == 0 ? "no progress" : std::strerror(errno)),
+            true);
+      return;
+    }
+    delivered(static_cast<std::size_t>(n));
+  }
+  arm_send();
+}
+
+void Stream::on_writable(int res) {
+  if (state_ == State::closed) {
+    channel_.release(*this);
+    return;
+  }
+  if (res < 0) {
+    abort(ErrorCode::stream_io,
+          fmt::format("waiting to write the local socket failed: {}", std::strerror(-res)), true);
+    return;
+  }
+  arm_send();
 }
 
 void Stream::on_send(int res) {
@@ -252,12 +310,16 @@ void Stream::on_send(int res) {
     return;
   }
   const auto sent = static_cast<std::size_t>(res);
-  rx_used_ -= sent;
-  if (!pipe_r_) rx_head_ = rx_used_ == 0 ? 0 : (rx_head_ + sent) % rx_.size();
-  stats_.bytes_from_peer += sent;
-  credit_owed_ += sent;
-  grant_credit(false);
+  rx_head_ = rx_used_ == sent ? 0 : (rx_head_ + sent) % rx_.size();
+  delivered(sent);
   arm_send();
+}
+
+void Stream::delivered(std::size_t n) {
+  rx_used_ -= n;
+  stats_.bytes_from_peer += n;
+  credit_owed_ += n;
+  grant_credit(false);
 }
 
 void Stream::grant_credit(bool force) {

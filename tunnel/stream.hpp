@@ -19,6 +19,11 @@ namespace nbdtunnel::tunnel {
 
 class Channel;
 
+// The largest receive window, at most `window`, for which a splice stream gets a pipe of twice
+// the window (payload pages may arrive partly filled). Unprivileged processes cannot grow pipes
+// past fs.pipe-max-size (1 MiB by default), so this is often less than asked for.
+std::uint32_t splice_window_limit(std::uint32_t window);
+
 struct StreamStats {
   std::uint64_t bytes_to_peer = 0;    // read from the local socket, sent on the channel
   std::uint64_t bytes_from_peer = 0;  // received on the channel, written to the local socket
@@ -75,6 +80,10 @@ class Stream {
   void on_recv(int res);
   void arm_send();
   void on_send(int res);
+  void drain_pipe();
+  void on_writable(int res);
+  // n bytes from the peer reached the local socket.
+  void delivered(std::size_t n);
   void on_connect(int res);
   void maybe_finish();
   void grant_credit(bool force);
@@ -107,7 +116,6 @@ class Stream {
   bool splicing_in_ = false;
   std::size_t rx_head_ = 0;
   std::size_t rx_used_ = 0;
-  std::size_t sending_ = 0;
   std::uint64_t credit_owed_ = 0;
   bool remote_eof_ = false;
   bool local_shut_wr_ = false;

@@ -1,6 +1,7 @@
 #pragma once
 // A move-only owner of a file descriptor.
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <utility>
@@ -31,5 +32,12 @@ class unique_fd {
  private:
   int fd_ = -1;
 };
+
+// Sets O_NONBLOCK. io_uring operations on a socket ignore it and still wait for readiness; plain
+// syscalls on it return EAGAIN instead of blocking.
+inline void set_nonblocking(int fd) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
 
 }  // namespace nbdtunnel::tunnel
