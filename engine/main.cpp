@@ -63,10 +63,9 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
           CLI::Range(std::uint32_t{4096}, static_cast<std::uint32_t>(tunnel::kMaxStreamPayload)))
       ->capture_default_str();
   cmd->add_option("--copy-mode", o.copy_mode,
-                  "how bytes from the channel reach local sockets: splice (socket → pipe → "
-                  "socket in the kernel; measured fastest, see bench/results) or copy (recv into "
-                  "a buffer, send from it); the other direction always copies, which measured "
-                  "faster than splice there")
+                  "how stream bytes cross this process: splice (socket → pipe → socket in the "
+                  "kernel, no copy through user space; measured fastest, see bench/results) or "
+                  "copy (recv into a buffer, send from it)")
       ->check(CLI::IsMember({"copy", "splice"}))
       ->capture_default_str();
   cmd->add_option("--host-id", o.host_id, "identity sent to the peer (default: /etc/machine-id)");
@@ -80,7 +79,7 @@ tunnel::ChannelConfig channel_config(const CommonOptions& o) {
   c.keepalive_interval = std::chrono::milliseconds(static_cast<long>(o.keepalive_interval * 1000));
   c.host_id = o.host_id.empty() ? engine::machine_id() : o.host_id;
   c.hostname = engine::host_name();
-  c.splice_rx = o.copy_mode == "splice";
+  c.splice = o.copy_mode == "splice";
   return c;
 }
 

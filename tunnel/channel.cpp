@@ -25,7 +25,7 @@ constexpr std::size_t kMaxControlBytes = 8u << 20;
 
 // With splice receive, the window we offer must fit twice in a stream's pipe.
 ChannelConfig fit_window(ChannelConfig config) {
-  if (!config.splice_rx) return config;
+  if (!config.splice) return config;
   const std::uint32_t limit = splice_window_limit(config.window);
   if (limit < config.window) {
     spdlog::info(
@@ -57,7 +57,7 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, unique_fd socket, Role
       handshake_timer_(io),
       keepalive_timer_(io) {
   read_op_.set_handler([this](int res, std::uint32_t) {
-    if (config_.splice_rx) {
+    if (config_.splice) {
       on_read_ready(res);
     } else {
       on_read(res);
@@ -68,7 +68,7 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, unique_fd socket, Role
   ::setsockopt(socket_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   // The splice path reads with plain syscalls that must not block; io_uring operations on the
   // socket ignore O_NONBLOCK and still wait for readiness.
-  if (config_.splice_rx) set_nonblocking(socket_.get());
+  if (config_.splice) set_nonblocking(socket_.get());
 }
 
 Channel::~Channel() {
@@ -136,7 +136,7 @@ void Channel::on_keepalive_tick() {
 
 void Channel::arm_read() {
   if (closing_ || read_op_.busy()) return;
-  if (config_.splice_rx) {
+  if (config_.splice) {
     pump_spliced();
     return;
   }
@@ -241,6 +241,14 @@ void Channel::on_read_spliced(int res) {
     }
   } else {
     rend_ += n;
+  }
+  if (step_ == ReadStep::prefix && wanted_ > 0) {
+    // A bad length is refused as soon as it is in, not after a prefix that may never complete.
+    const DecodeResult d = decode_prefix(std::span<const std::uint8_t>(rbuf_.data(), rend_));
+    if (d.status == DecodeResult::Status::error) {
+      fail(fmt::format("malformed data from peer: {}", d.error));
+      return;
+    }
   }
   if (wanted_ == 0) {
     switch (step_) {
@@ -486,7 +494,7 @@ void Channel::handle_open(const PacketHeader& h, std::span<const std::uint8_t> b
   }
   const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
   auto stream = std::make_unique<Stream>(*this, h.serial, open.target, *path, unique_fd{},
-                                         config_.window, chunk, config_.splice_rx);
+                                         config_.window, chunk, config_.splice);
   Stream& s = *stream;
   streams_.emplace(h.serial, std::move(stream));
   s.connect(*path);
@@ -524,7 +532,7 @@ void Channel::open_stream(unique_fd local, const std::string& target, const std:
   const std::uint32_t serial = next_serial_++;
   const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
   streams_.emplace(serial, std::make_unique<Stream>(*this, serial, target, tag, std::move(local),
-                                                    config_.window, chunk, config_.splice_rx));
+                                                    config_.window, chunk, config_.splice));
   std::vector<std::uint8_t> body;
   encode_open_tunnel(body, OpenTunnel{target, 0});
   send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
@@ -654,13 +662,72 @@ void Channel::send_buffer(Stream& s, int index, const std::uint8_t* data, std::s
   arm_write();
 }
 
+void Channel::send_pipe(Stream& s, int pipe, std::size_t len) {
+  if (closing_) {
+    s.forget_queued_buffers();
+    return;
+  }
+  OutItem item;
+  const PacketHeader h =
+      header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+             PacketType::stream, s.serial(), PacketStatus::cont);
+  write_prefix(item.prefix.data(), h, len);
+  item.len = kPrefixSize + len;
+  item.stream = &s;
+  item.pipe = pipe;
+  out_.push_back(std::move(item));
+  out_.back().data = out_.back().prefix.data();  // deque elements stay where they are
+  arm_write();
+}
+
 void Channel::arm_write() {
-  if (closing_ || write_op_.busy() || out_.empty()) return;
-  iov_items_ = std::min(out_.size(), kMaxIov);
-  for (std::size_t i = 0; i < iov_items_; ++i) {
+  // Sending retires items, whose streams may queue more and call back here: the outer call
+  // goes on with them.
+  if (writing_) return;
+  writing_ = true;
+  write_now();
+  writing_ = false;
+}
+
+void Channel::write_now() {
+  if (closing_ || write_op_.busy()) return;
+  // A payload waiting in a stream's pipe goes out by a non-blocking splice right after its
+  // header (io_uring would run the splice on a worker thread).
+  while (!out_.empty() && out_.front().pipe >= 0) {
+    const OutItem& item = out_.front();
+    const bool more = out_.size() > 1;
+    ssize_t n = 0;
+    if (out_sent_ < kPrefixSize) {
+      n = ::send(socket_.get(), item.prefix.data() + out_sent_, kPrefixSize - out_sent_,
+                 MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE);
+    } else {
+      n = ::splice(item.pipe, nullptr, socket_.get(), nullptr, item.len - out_sent_,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (more ? SPLICE_F_MORE : 0));
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      write_polling_ = true;
+      io_uring_sqe* sqe = ring_.prepare(write_op_);
+      io_uring_prep_poll_add(sqe, socket_.get(), POLLOUT);
+      return;
+    }
+    if (n <= 0) {
+      fail(fmt::format("send failed: {}", n == 0 ? "no progress" : std::strerror(errno)));
+      return;
+    }
+    wrote(static_cast<std::size_t>(n));
+    if (closing_) return;
+  }
+  if (out_.empty()) return;
+  // Everything up to the next pipe payload (its header included) in one sendmsg.
+  iov_items_ = 0;
+  for (std::size_t i = 0; i < out_.size() && iov_items_ < kMaxIov; ++i) {
     const std::size_t skip = i == 0 ? out_sent_ : 0;
-    iov_[i].iov_base = const_cast<std::uint8_t*>(out_[i].data + skip);
-    iov_[i].iov_len = out_[i].len - skip;
+    const bool piped = out_[i].pipe >= 0;
+    iov_[iov_items_].iov_base = const_cast<std::uint8_t*>(out_[i].data + skip);
+    iov_[iov_items_].iov_len = (piped ? kPrefixSize : out_[i].len) - skip;
+    ++iov_items_;
+    if (piped) break;
   }
   msg_ = msghdr{};
   msg_.msg_iov = iov_.data();
@@ -674,26 +741,42 @@ void Channel::on_write(int res) {
     maybe_finish_close();
     return;
   }
+  if (std::exchange(write_polling_, false)) {
+    // The socket has room again (res is the poll mask).
+    if (res < 0) {
+      fail(fmt::format("send failed: {}", std::strerror(-res)));
+      return;
+    }
+    arm_write();
+    return;
+  }
   if (res == -EAGAIN) res = 0;  // io_uring waits for room, so this is not expected; retry
   if (res < 0) {
     fail(fmt::format("send failed: {}", std::strerror(-res)));
     return;
   }
-  auto left = static_cast<std::size_t>(res);
-  while (!out_.empty() && left > 0) {
+  wrote(static_cast<std::size_t>(res));
+  arm_write();
+}
+
+// n more bytes of the write queue are on the socket: retire the items they complete.
+void Channel::wrote(std::size_t n) {
+  while (!out_.empty() && n > 0) {
     OutItem& item = out_.front();
-    const std::size_t take = std::min(left, item.len - out_sent_);
+    const std::size_t take = std::min(n, item.len - out_sent_);
     out_sent_ += take;
-    left -= take;
+    n -= take;
     if (out_sent_ < item.len) break;
     out_sent_ = 0;
     Stream* s = item.stream;
     const int index = item.index;
+    const std::size_t payload = item.len - kPrefixSize;
+    const bool piped = item.pipe >= 0;
     if (!item.owned.empty()) control_bytes_ -= item.len;
     out_.pop_front();
-    if (s) s->on_buffer_sent(index);
+    if (s && piped) s->on_pipe_sent(payload);
+    if (s && !piped) s->on_buffer_sent(index);
   }
-  arm_write();
 }
 
 // ---- Teardown ----
@@ -741,7 +824,7 @@ void Channel::abort_streams(const std::string& reason) {
 
 void Channel::release(Stream& s) {
   // The read may be waiting for room in this stream's pipe, which will not drain any more.
-  if (config_.splice_rx && step_ == ReadStep::splice && splice_stream_ == &s && read_op_.busy()) {
+  if (config_.splice && step_ == ReadStep::splice && splice_stream_ == &s && read_op_.busy()) {
     ring_.cancel(read_op_);
   }
   auto it = streams_.find(s.serial());

@@ -5,6 +5,7 @@
 
 #include <sys/uio.h>
 
+#include <array>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -33,9 +34,10 @@ struct ChannelConfig {
   unsigned keepalive_count = 6;  // intervals of silence before the peer is declared dead
   std::string host_id;           // sent in HELLO
   std::string hostname;          // sent in HELLO
-  // Receive path: false = recv into a buffer and copy each payload into its stream's window;
-  // true = read headers, then splice each STREAM payload from the socket into the stream's pipe.
-  bool splice_rx = false;
+  // false = copy: recv into buffers, copy each payload into its stream's window, send from it.
+  // true = splice: payloads move socket → pipe → socket in the kernel in both directions; the
+  // channel reads each header, then splices the payload into its stream's pipe.
+  bool splice = false;
 };
 
 class Channel;
@@ -95,6 +97,8 @@ class Channel {
   void send_packet(const PacketHeader& h, std::span<const std::uint8_t> body = {});
   void send_stream_error(std::uint32_t serial, const RemoteError& e);
   void send_buffer(Stream& s, int index, const std::uint8_t* data, std::size_t len);
+  // Queues a STREAM packet whose len payload bytes wait in the stream's pipe.
+  void send_pipe(Stream& s, int pipe, std::size_t len);
   void stream_connected(Stream& s, int res);
   void release(Stream& s);
 
@@ -105,6 +109,9 @@ class Channel {
     std::size_t len = 0;
     Stream* stream = nullptr;  // data packets point into this stream's tx buffer
     int index = -1;
+    // Splice mode: data points at prefix, and the payload waits in this pipe.
+    int pipe = -1;
+    std::array<std::uint8_t, kPrefixSize> prefix{};
   };
 
   void arm_read();
@@ -130,7 +137,9 @@ class Channel {
   Stream* find(std::uint32_t serial);
 
   void arm_write();
+  void write_now();
   void on_write(int res);
+  void wrote(std::size_t n);
   void start_timers();
   void on_keepalive_tick();
   void fail(const std::string& reason);
@@ -174,6 +183,8 @@ class Channel {
   std::vector<iovec> iov_;
   msghdr msg_{};
   std::size_t iov_items_ = 0;
+  bool write_polling_ = false;  // write_op_ waits for room rather than sends
+  bool writing_ = false;
   Op write_op_;
 
   // Liveness.

@@ -27,7 +27,7 @@ std::uint32_t splice_window_limit(std::uint32_t window) {
 }
 
 Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
-               unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice_rx)
+               unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice)
     : channel_(channel),
       serial_(serial),
       target_(std::move(target)),
@@ -36,7 +36,7 @@ Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::
       chunk_(chunk),
       window_(window) {
   int fds[2];
-  if (splice_rx && ::pipe2(fds, O_CLOEXEC) == 0) {
+  if (splice && ::pipe2(fds, O_CLOEXEC) == 0) {
     pipe_r_.reset(fds[0]);
     pipe_w_.reset(fds[1]);
     // Room for the whole window even if pages arrive partly filled: twice the window.
@@ -47,8 +47,27 @@ Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::
     }
   }
   if (!pipe_r_) rx_.resize(window_);
-  for (auto& b : tx_) b.bytes.resize(kPrefixSize + chunk_);
-  recv_op_.set_handler([this](int res, std::uint32_t) { on_recv(res); });
+  // Local → peer: splice moves bytes socket → pipe → channel socket; two chunks fit the pipe.
+  if (pipe_r_ && ::pipe2(fds, O_CLOEXEC) == 0) {
+    tx_pipe_r_.reset(fds[0]);
+    tx_pipe_w_.reset(fds[1]);
+    if (::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(4 * chunk_)) <
+        static_cast<int>(4 * chunk_)) {
+      spdlog::debug("stream {}: pipe of {} bytes refused; sending by copy", serial_, 4 * chunk_);
+      tx_pipe_r_.reset();
+      tx_pipe_w_.reset();
+    }
+  }
+  if (!tx_pipe_r_) {
+    for (auto& b : tx_) b.bytes.resize(kPrefixSize + chunk_);
+  }
+  recv_op_.set_handler([this](int res, std::uint32_t) {
+    if (tx_pipe_r_) {
+      on_readable(res);
+    } else {
+      on_recv(res);
+    }
+  });
   send_op_.set_handler([this](int res, std::uint32_t) {
     if (pipe_r_) {
       on_writable(res);
@@ -94,13 +113,17 @@ void Stream::on_connect(int res) {
 void Stream::start(std::uint32_t credit) {
   state_ = State::open;
   // The pipe drains into the local socket by plain splice calls, which must not block.
-  if (pipe_r_) set_nonblocking(local_.get());
+  if (pipe_r_ || tx_pipe_r_) set_nonblocking(local_.get());
   tx_credit_ = credit;
   arm_recv();
 }
 
 void Stream::arm_recv() {
   if (state_ != State::open || local_eof_ || recv_op_.busy() || tx_credit_ == 0) return;
+  if (tx_pipe_r_) {
+    fill_pipe();
+    return;
+  }
   auto it = std::find_if(tx_.begin(), tx_.end(),
                          [](const TxBuffer& b) { return b.use == TxBuffer::Use::free; });
   if (it == tx_.end()) return;
@@ -148,6 +171,75 @@ void Stream::on_recv(int res) {
   arm_recv();
 }
 
+// Splice path: moves what the local socket holds into the pipe, up to two chunks, and queues a
+// packet on the channel for each piece.
+void Stream::fill_pipe() {
+  // Queuing a packet can send it at once and call back here through on_pipe_sent: this loop
+  // already goes on, so the nested call returns.
+  if (filling_) return;
+  filling_ = true;
+  fill_pipe_now();
+  filling_ = false;
+}
+
+void Stream::fill_pipe_now() {
+  while (state_ == State::open && !local_eof_ && tx_credit_ > 0 && tx_piped_ < 2 * chunk_) {
+    const std::size_t len = std::min<std::uint64_t>(chunk_, tx_credit_);
+    const ssize_t n = ::splice(local_.get(), nullptr, tx_pipe_w_.get(), nullptr, len,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // An empty pipe means the socket is empty: wait for it. Otherwise the pipe may be full;
+      // the channel sending it calls back here.
+      if (tx_piped_ == 0) {
+        io_uring_sqe* sqe = channel_.ring().prepare(recv_op_);
+        io_uring_prep_poll_add(sqe, local_.get(), POLLIN);
+      }
+      return;
+    }
+    if (n < 0) {
+      abort(ErrorCode::stream_io,
+            fmt::format("reading the local socket failed: {}", std::strerror(errno)), true);
+      return;
+    }
+    if (n == 0) {
+      local_eof_ = true;
+      const PacketHeader h = stream_header(PacketStatus::cont);
+      channel_.send_packet(h);
+      maybe_finish();
+      return;
+    }
+    const auto got = static_cast<std::size_t>(n);
+    tx_credit_ -= got;
+    tx_piped_ += got;
+    stats_.bytes_to_peer += got;
+    channel_.send_pipe(*this, tx_pipe_r_.get(), got);
+  }
+}
+
+void Stream::on_readable(int res) {
+  if (state_ == State::closed) {
+    channel_.release(*this);
+    return;
+  }
+  if (res < 0) {
+    abort(ErrorCode::stream_io,
+          fmt::format("waiting to read the local socket failed: {}", std::strerror(-res)), true);
+    return;
+  }
+  fill_pipe();
+}
+
+void Stream::on_pipe_sent(std::size_t n) {
+  tx_piped_ -= n;
+  if (state_ == State::closed) {
+    channel_.release(*this);
+    return;
+  }
+  arm_recv();
+  maybe_finish();
+}
+
 void Stream::on_buffer_sent(int index) {
   tx_[index].use = TxBuffer::Use::free;
   if (state_ == State::closed) {
@@ -162,6 +254,7 @@ void Stream::forget_queued_buffers() {
   for (auto& b : tx_) {
     if (b.use == TxBuffer::Use::queued) b.use = TxBuffer::Use::free;
   }
+  tx_piped_ = 0;
 }
 
 void Stream::on_credit(std::uint32_t bytes) {
@@ -336,9 +429,9 @@ void Stream::grant_credit(bool force) {
 
 void Stream::maybe_finish() {
   if (state_ != State::open) return;
-  const bool tx_done = local_eof_ && std::none_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) {
-                         return b.use != TxBuffer::Use::free;
-                       });
+  const bool tx_done = local_eof_ && tx_piped_ == 0 &&
+                       std::none_of(tx_.begin(), tx_.end(),
+                                    [](const TxBuffer& b) { return b.use != TxBuffer::Use::free; });
   const bool rx_done = remote_eof_ && local_shut_wr_ && !send_op_.busy();
   if (tx_done && rx_done && !finish_sent_) {
     finish_sent_ = true;
@@ -376,8 +469,9 @@ void Stream::close_local() {
 
 bool Stream::idle() const {
   return !recv_op_.busy() && !send_op_.busy() && !connect_op_.busy() && !splicing_in_ &&
-         std::none_of(tx_.begin(), tx_.end(),
-                      [](const TxBuffer& b) { return b.use != TxBuffer::Use::free; });
+         tx_piped_ == 0 && std::none_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) {
+           return b.use != TxBuffer::Use::free;
+         });
 }
 
 }  // namespace nbdtunnel::tunnel

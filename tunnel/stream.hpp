@@ -33,10 +33,10 @@ class Stream {
  public:
   enum class State { opening, open, closed };
 
-  // splice_rx: bytes from the peer go socket → pipe → local socket (no copy through user space)
-  // instead of through a receive ring.
+  // splice: bytes move socket → pipe → socket in both directions (no copy through user space)
+  // instead of through user-space buffers.
   Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
-         unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice_rx);
+         unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice);
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
@@ -62,6 +62,8 @@ class Stream {
   void on_spliced(std::size_t n);
   // The channel finished sending the packet held in tx buffer `index`.
   void on_buffer_sent(int index);
+  // The channel sent a packet of n payload bytes from this stream's pipe.
+  void on_pipe_sent(std::size_t n);
   // Ends the stream at once. If notify_peer, an ERROR packet tells the peer why.
   void abort(ErrorCode code, const std::string& reason, bool notify_peer);
   // True when no operation or buffer of this stream is still in use.
@@ -78,6 +80,9 @@ class Stream {
 
   void arm_recv();
   void on_recv(int res);
+  void fill_pipe();
+  void fill_pipe_now();
+  void on_readable(int res);
   void arm_send();
   void on_send(int res);
   void drain_pipe();
@@ -107,9 +112,12 @@ class Stream {
   std::uint64_t tx_credit_ = 0;
   std::size_t recv_reserved_ = 0;
   bool local_eof_ = false;
+  unique_fd tx_pipe_r_, tx_pipe_w_;  // splice mode: instead of tx_
+  std::size_t tx_piped_ = 0;         // bytes in tx_pipe_ queued on the channel
+  bool filling_ = false;
   Op recv_op_;
 
-  // Peer → local: a ring of window bytes, or (splice_rx) a pipe holding up to window bytes.
+  // Peer → local: a ring of window bytes, or (splice) a pipe holding up to window bytes.
   std::size_t window_;
   std::vector<std::uint8_t> rx_;
   unique_fd pipe_r_, pipe_w_;

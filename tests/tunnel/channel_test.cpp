@@ -1,4 +1,5 @@
 // Channel (responder) driven by a fake peer over a socketpair: the peer speaks raw packets.
+// Every test runs in both copy modes (copy, splice).
 
 #include "tunnel/channel.hpp"
 
@@ -42,7 +43,7 @@ PacketHeader hdr(std::uint32_t proc, PacketType type, std::uint32_t serial,
                       static_cast<std::uint32_t>(status)};
 }
 
-class ChannelTest : public ::testing::Test {
+class ChannelTest : public ::testing::TestWithParam<bool> {
  protected:
   void start(ChannelConfig config = {}) {
     int fds[2];
@@ -66,6 +67,7 @@ class ChannelTest : public ::testing::Test {
       config.handshake_timeout = 2s;
     }
     config.window = kMinWindow;
+    config.splice = GetParam();
     channel_ = std::make_unique<Channel>(io_, ring_, unique_fd(fds[0]), Channel::Role::responder,
                                          "test-peer", config, events);
     channel_->start();
@@ -214,13 +216,13 @@ class ChannelTest : public ::testing::Test {
   std::atomic<bool> closed_{false};
 };
 
-TEST_F(ChannelTest, HelloReplyCarriesOurLimits) {
+TEST_P(ChannelTest, HelloReplyCarriesOurLimits) {
   start();
   hello();
   expect_alive();
 }
 
-TEST_F(ChannelTest, CallBeforeHelloIsRefusedAndChannelClosed) {
+TEST_P(ChannelTest, CallBeforeHelloIsRefusedAndChannelClosed) {
   start();
   Bytes body;
   encode_open_tunnel(body, OpenTunnel{"x", 0});
@@ -230,7 +232,7 @@ TEST_F(ChannelTest, CallBeforeHelloIsRefusedAndChannelClosed) {
   EXPECT_NE(close_reason().find("before HELLO"), std::string::npos) << close_reason();
 }
 
-TEST_F(ChannelTest, StalledPeerIsDroppedAfterHandshakeTimeout) {
+TEST_P(ChannelTest, StalledPeerIsDroppedAfterHandshakeTimeout) {
   ChannelConfig c;
   c.handshake_timeout = 200ms;
   start(c);
@@ -241,7 +243,7 @@ TEST_F(ChannelTest, StalledPeerIsDroppedAfterHandshakeTimeout) {
   EXPECT_NE(close_reason().find("no HELLO"), std::string::npos) << close_reason();
 }
 
-TEST_F(ChannelTest, GarbageClosesTheChannel) {
+TEST_P(ChannelTest, GarbageClosesTheChannel) {
   start();
   const std::string http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
   send_raw(Bytes(http.begin(), http.end()));
@@ -250,7 +252,7 @@ TEST_F(ChannelTest, GarbageClosesTheChannel) {
   EXPECT_NE(close_reason().find("exceeds the limit"), std::string::npos) << close_reason();
 }
 
-TEST_F(ChannelTest, LengthBelowHeaderClosesTheChannel) {
+TEST_P(ChannelTest, LengthBelowHeaderClosesTheChannel) {
   start();
   send_raw(Bytes{0, 0, 0, 5, 1, 2, 3, 4});
   EXPECT_TRUE(peer_sees_eof(3s));
@@ -258,7 +260,7 @@ TEST_F(ChannelTest, LengthBelowHeaderClosesTheChannel) {
   EXPECT_NE(close_reason().find("shorter than"), std::string::npos) << close_reason();
 }
 
-TEST_F(ChannelTest, UnknownProgramCallGetsAnErrorReply) {
+TEST_P(ChannelTest, UnknownProgramCallGetsAnErrorReply) {
   start();
   hello();
   send(hdr(1, PacketType::call, 5, PacketStatus::ok, 0x20008086));
@@ -268,7 +270,7 @@ TEST_F(ChannelTest, UnknownProgramCallGetsAnErrorReply) {
   expect_alive();
 }
 
-TEST_F(ChannelTest, UnknownProcedureGetsAnErrorReply) {
+TEST_P(ChannelTest, UnknownProcedureGetsAnErrorReply) {
   start();
   hello();
   send(hdr(77, PacketType::call, 6));
@@ -277,14 +279,14 @@ TEST_F(ChannelTest, UnknownProcedureGetsAnErrorReply) {
   expect_alive();
 }
 
-TEST_F(ChannelTest, UnknownTypeIsDroppedAndChannelStaysUp) {
+TEST_P(ChannelTest, UnknownTypeIsDroppedAndChannelStaysUp) {
   start();
   hello();
   send(hdr(2, static_cast<PacketType>(9), 6));
   expect_alive();
 }
 
-TEST_F(ChannelTest, StreamPacketForUnknownSerialGetsAStreamError) {
+TEST_P(ChannelTest, StreamPacketForUnknownSerialGetsAStreamError) {
   start();
   hello();
   send(hdr(2, PacketType::stream, 99, PacketStatus::cont), Bytes{1, 2, 3});
@@ -293,7 +295,7 @@ TEST_F(ChannelTest, StreamPacketForUnknownSerialGetsAStreamError) {
   expect_alive();
 }
 
-TEST_F(ChannelTest, OpenUnknownTargetIsRefused) {
+TEST_P(ChannelTest, OpenUnknownTargetIsRefused) {
   start();
   hello();
   Bytes body;
@@ -305,7 +307,7 @@ TEST_F(ChannelTest, OpenUnknownTargetIsRefused) {
   expect_alive();
 }
 
-TEST_F(ChannelTest, OpenAbsentTargetPathIsRefused) {
+TEST_P(ChannelTest, OpenAbsentTargetPathIsRefused) {
   targets_["nbd"] = "/tmp/nbdtunnel-test-no-such-socket";
   start();
   hello();
@@ -318,7 +320,7 @@ TEST_F(ChannelTest, OpenAbsentTargetPathIsRefused) {
   expect_alive();
 }
 
-TEST_F(ChannelTest, ReusedSerialIsRefused) {
+TEST_P(ChannelTest, ReusedSerialIsRefused) {
   targets_["nbd"] = "/tmp/nbdtunnel-test-no-such-socket";
   start();
   hello();
@@ -331,7 +333,7 @@ TEST_F(ChannelTest, ReusedSerialIsRefused) {
   EXPECT_NE(e.message.value_or("").find("already used"), std::string::npos);
 }
 
-TEST_F(ChannelTest, StreamCarriesDataBothWaysAndFinishes) {
+TEST_P(ChannelTest, StreamCarriesDataBothWaysAndFinishes) {
   targets_["echo"] = echo_target();
   start();
   hello();
@@ -385,7 +387,59 @@ TEST_F(ChannelTest, StreamCarriesDataBothWaysAndFinishes) {
   expect_alive();
 }
 
-TEST_F(ChannelTest, WindowViolationAbortsOnlyThatStream) {
+// More than the window each way, in packets of many sizes: the bytes come back intact and in
+// order, and flow control (credit both ways) keeps the stream moving.
+TEST_P(ChannelTest, LargeEchoFlowsOnCredit) {
+  targets_["echo"] = echo_target();
+  start();
+  hello();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"echo", 0});
+  send(hdr(2, PacketType::call, 2), body);
+  auto reply = read_packet();
+  ASSERT_TRUE(reply);
+  ASSERT_EQ(reply->h.status, 0u);
+  Bytes data(1u << 20);
+  for (std::size_t i = 0; i < data.size(); ++i)
+    data[i] = static_cast<std::uint8_t>(i * 13 + i / 4096);
+  std::size_t sent = 0, granted = 0;
+  std::uint64_t window_left = kMinWindow;  // what the channel lets us send
+  Bytes echoed;
+  std::size_t piece = 1;
+  while (echoed.size() < data.size()) {
+    while (sent < data.size() && window_left > 0) {
+      const std::size_t n = std::min({piece, data.size() - sent, std::size_t{window_left}});
+      send(hdr(2, PacketType::stream, 2, PacketStatus::cont),
+           Bytes(data.begin() + static_cast<long>(sent),
+                 data.begin() + static_cast<long>(sent + n)));
+      sent += n;
+      window_left -= n;
+      piece = piece * 3 % 40009 + 1;  // 1 byte up to ~40 KiB
+    }
+    auto p = read_packet();
+    ASSERT_TRUE(p) << "echo stalled at " << echoed.size() << " of " << data.size() << " bytes";
+    if (p->h.type == static_cast<std::uint32_t>(PacketType::message)) {
+      std::uint32_t n = 0;
+      ASSERT_EQ(decode_credit(p->body, n), "");
+      window_left += n;
+      continue;
+    }
+    ASSERT_EQ(p->h.type, static_cast<std::uint32_t>(PacketType::stream));
+    ASSERT_EQ(p->h.status, static_cast<std::uint32_t>(PacketStatus::cont));
+    ASSERT_FALSE(p->body.empty());
+    echoed.insert(echoed.end(), p->body.begin(), p->body.end());
+    // Grant the channel's stream credit for what we consumed.
+    Bytes credit;
+    encode_credit(credit, static_cast<std::uint32_t>(p->body.size()));
+    send(hdr(static_cast<std::uint32_t>(Proc::stream_credit), PacketType::message, 2), credit);
+    granted += p->body.size();
+  }
+  EXPECT_EQ(granted, data.size());
+  EXPECT_TRUE(echoed == data) << "echoed bytes differ";
+  expect_alive();
+}
+
+TEST_P(ChannelTest, WindowViolationAbortsOnlyThatStream) {
   targets_["echo"] = echo_target();
   start();
   hello();
@@ -401,6 +455,11 @@ TEST_F(ChannelTest, WindowViolationAbortsOnlyThatStream) {
   EXPECT_NE(e.message.value_or("").find("window"), std::string::npos);
   expect_alive();
 }
+
+INSTANTIATE_TEST_SUITE_P(CopyModes, ChannelTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return std::string(param.param ? "splice" : "copy");
+                         });
 
 }  // namespace
 }  // namespace nbdtunnel::tunnel
