@@ -822,6 +822,13 @@ void Channel::abort_streams(const std::string& reason) {
   for (Stream* s : open) s->abort(ErrorCode::shutdown, reason, true);
 }
 
+void Channel::defer(std::function<void()> f) {
+  std::weak_ptr<bool> alive = alive_;
+  boost::asio::post(io_, [alive, f = std::move(f)] {
+    if (!alive.expired()) f();
+  });
+}
+
 void Channel::release(Stream& s) {
   // The read may be waiting for room in this stream's pipe, which will not drain any more.
   if (config_.splice && step_ == ReadStep::splice && splice_stream_ == &s && read_op_.busy()) {

@@ -94,6 +94,8 @@ class Channel {
 
   // Used by Stream.
   Ring& ring() { return ring_; }
+  // Runs f on the channel's thread after the work queued so far, unless the channel is gone.
+  void defer(std::function<void()> f);
   void send_packet(const PacketHeader& h, std::span<const std::uint8_t> body = {});
   void send_stream_error(std::uint32_t serial, const RemoteError& e);
   void send_buffer(Stream& s, int index, const std::uint8_t* data, std::size_t len);

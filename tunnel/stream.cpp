@@ -332,7 +332,22 @@ bool Stream::can_splice(std::size_t n) const {
 
 void Stream::on_spliced(std::size_t n) {
   rx_used_ += n;
-  arm_send();
+  // Drain once the channel has read what the socket holds, so that several payloads reach the
+  // local socket in one splice (and wake its reader once); at half a window, drain now.
+  if (rx_used_ >= window_ / 2) {
+    arm_send();
+    return;
+  }
+  if (drain_posted_) return;
+  drain_posted_ = true;
+  channel_.defer([this] {
+    drain_posted_ = false;
+    if (state_ == State::closed) {
+      channel_.release(*this);
+      return;
+    }
+    arm_send();
+  });
 }
 
 void Stream::arm_send() {
@@ -469,9 +484,9 @@ void Stream::close_local() {
 
 bool Stream::idle() const {
   return !recv_op_.busy() && !send_op_.busy() && !connect_op_.busy() && !splicing_in_ &&
-         tx_piped_ == 0 && std::none_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) {
-           return b.use != TxBuffer::Use::free;
-         });
+         tx_piped_ == 0 && !drain_posted_ &&
+         std::none_of(tx_.begin(), tx_.end(),
+                      [](const TxBuffer& b) { return b.use != TxBuffer::Use::free; });
 }
 
 }  // namespace nbdtunnel::tunnel

@@ -122,6 +122,7 @@ class Stream {
   std::vector<std::uint8_t> rx_;
   unique_fd pipe_r_, pipe_w_;
   bool splicing_in_ = false;
+  bool drain_posted_ = false;
   std::size_t rx_head_ = 0;
   std::size_t rx_used_ = 0;
   std::uint64_t credit_owed_ = 0;
