@@ -427,13 +427,13 @@ void Stream::delivered(std::size_t n) {
   rx_used_ -= n;
   stats_.bytes_from_peer += n;
   credit_owed_ += n;
-  grant_credit(false);
+  grant_credit();
 }
 
-void Stream::grant_credit(bool force) {
-  // Batch credit: a message per quarter window, or whenever the window has drained.
-  if (credit_owed_ == 0 || remote_eof_) return;
-  if (!force && credit_owed_ < window_ / 4 && rx_used_ != 0) return;
+void Stream::grant_credit() {
+  // Batch credit: one message per half window delivered. The peer never waits on less: when it
+  // runs out, a whole window is in flight or delivered, so half of it comes back.
+  if (credit_owed_ < window_ / 2 || remote_eof_) return;
   std::vector<std::uint8_t> body;
   encode_credit(body, static_cast<std::uint32_t>(credit_owed_));
   credit_owed_ = 0;

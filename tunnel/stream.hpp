@@ -91,7 +91,7 @@ class Stream {
   void delivered(std::size_t n);
   void on_connect(int res);
   void maybe_finish();
-  void grant_credit(bool force);
+  void grant_credit();
   void close_local();
   std::string describe() const;
   // The header of a STREAM packet of this stream.

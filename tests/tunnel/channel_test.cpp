@@ -3,6 +3,7 @@
 
 #include "tunnel/channel.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -454,6 +455,20 @@ TEST_P(ChannelTest, WindowViolationAbortsOnlyThatStream) {
   EXPECT_EQ(e.code, static_cast<int>(ErrorCode::limit));
   EXPECT_NE(e.message.value_or("").find("window"), std::string::npos);
   expect_alive();
+}
+
+// Splice mode offers a window whose pipe (twice the window) this process can really create.
+TEST(SpliceWindowLimit, OffersAWindowThatFitsTwiceInAPipe) {
+  const std::uint32_t limit = splice_window_limit(kMaxWindow);
+  EXPECT_GE(limit, kMinWindow);
+  EXPECT_LE(limit, kMaxWindow);
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  const unique_fd r(fds[0]), w(fds[1]);
+  EXPECT_GE(::fcntl(w.get(), F_SETPIPE_SZ, static_cast<int>(2 * limit)),
+            static_cast<int>(2 * limit));
+  // A window that already fits is left alone.
+  EXPECT_EQ(splice_window_limit(kMinWindow), kMinWindow);
 }
 
 INSTANTIATE_TEST_SUITE_P(CopyModes, ChannelTest, ::testing::Bool(),
