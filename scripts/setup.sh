@@ -10,6 +10,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   qemu-system-x86 qemu-utils nbdkit libnbd-bin
   socat openssh-server openssh-client python3 procps iproute2
+  linux-perf
 )
 
 missing=()

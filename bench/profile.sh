@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Shows where the two nbdtunnel relays spend their CPU during a W1 mirror: starts the macro
+# bench's W1 (blockdev-mirror of a random image between two qemu-storage-daemons through
+# nbdtunnel dest + source), waits until the copy is under way, samples both relay processes
+# with `perf record -g` for a few seconds, and counts their syscalls and context switches with
+# `perf stat` for as long again. Writes bench/results/PROFILE-<date>-<mode>.txt.
+#
+#   bench/profile.sh [--mode splice|copy] [--seconds N] [--size 4G] [--nbdtunnel-args "..."]
+#
+# Needs root (or perf_event_paranoid <= 1) and the linux-perf package (scripts/setup.sh).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD="$ROOT/build-release"
+mode=splice
+seconds=3
+size=4G
+extra=""
+while (($#)); do
+  case "$1" in
+    --mode) mode=$2; shift ;;
+    --seconds) seconds=$2; shift ;;
+    --size) size=$2; shift ;;
+    --nbdtunnel-args) extra=$2; shift ;;
+    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "profile.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+"$ROOT/scripts/setup.sh"
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DNBDTUNNEL_TESTS=OFF -DNBDTUNNEL_BENCH=ON -DNBDTUNNEL_WERROR=OFF >/dev/null
+cmake --build "$BUILD" --target nbdtunnel nbd_latency -j2
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 "$ROOT/bench/macro/run_bench.py" --nbdtunnel "$BUILD/engine/nbdtunnel" \
+  --latency-tool "$BUILD/bench/tools/nbd_latency" --workloads W1 --transports nbdtunnel \
+  --modes "$mode" --runs 1 --warmup 0 --size "$size" --nbdtunnel-args "$extra" \
+  --results-dir "$work" >"$work/bench.log" 2>&1 &
+bench=$!
+
+# The copy is under way once a relay has used 0.2 s of CPU.
+pids=""
+for _ in $(seq 1 1200); do
+  if ! kill -0 "$bench" 2>/dev/null; then break; fi
+  mapfile -t relays < <(pgrep -x nbdtunnel || true)
+  if ((${#relays[@]} >= 2)); then
+    ticks=$(awk '{print $14 + $15}' "/proc/${relays[0]}/stat" 2>/dev/null || echo 0)
+    if ((ticks > 20)); then
+      pids=$(IFS=,; echo "${relays[*]}")
+      break
+    fi
+  fi
+  sleep 0.1
+done
+commands=""
+for p in ${pids//,/ }; do
+  commands+="$p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-100)"$'\n'
+done
+if [[ -z $pids ]]; then
+  echo "profile.sh: the relays never got busy; bench log:" >&2
+  cat "$work/bench.log" >&2
+  exit 1
+fi
+
+perf record -q -g -o "$work/perf.data" -p "$pids" -- sleep "$seconds" 2>/dev/null
+perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "$pids" -- sleep "$seconds" \
+  2>"$work/stat.csv"
+wait "$bench" || true
+
+stamp=$(date +%Y-%m-%dT%H%M)
+out="$ROOT/bench/results/PROFILE-$stamp-$mode.txt"
+{
+  echo "nbdtunnel relay profile, $stamp, W1 mirror of $size, copy mode $mode, ${seconds}s samples"
+  echo "kernel $(uname -r), $(nproc) CPUs; extra args: ${extra:-none}"
+  echo
+  echo "== bench result (the run the samples come from)"
+  grep -E '^\| W1' "$work/bench.log" || tail -5 "$work/bench.log"
+  echo
+  echo "== relay processes"
+  printf '%s' "$commands"
+  echo
+  echo "== syscalls and context switches over ${seconds}s (both relays; perf stat)"
+  cat "$work/stat.csv"
+  echo
+  echo "== CPU by thread (the event loop threads of the processes above)"
+  perf report -i "$work/perf.data" --no-children --sort pid -g none --stdio 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -5
+  echo
+  echo "== top symbols (self time, both relays)"
+  perf report -i "$work/perf.data" --no-children --sort pid,sym -g none --stdio 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -40
+  echo
+  echo "== time under each system call and in softirq (inclusive, share of all relay samples)"
+  perf report -i "$work/perf.data" --children --sort sym -g none --stdio 2>/dev/null |
+    grep -v '^#' | grep -E '\[k\] (__x64_sys_[a-z_0-9]+|__do_sys_io_uring_enter|handle_softirqs|net_rx_action|__schedule)\s*$' |
+    head -20
+} >"$out"
+cat "$out"
+echo
+echo "written: $out"
