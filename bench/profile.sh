@@ -70,6 +70,8 @@ perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "$pids" -- sleep "$s
   2>"$work/stat.csv"
 wait "$bench" || true
 
+# The report pipes end in head, which closes them early: that is not a failure here.
+set +o pipefail
 stamp=$(date +%Y-%m-%dT%H%M)
 out="$ROOT/bench/results/PROFILE-$stamp-$mode.txt"
 {
