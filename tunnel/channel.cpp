@@ -166,10 +166,7 @@ void Channel::pump_spliced() {
     on_read_spliced(n < 0 ? -errno : static_cast<int>(n));
   }
   // Budget spent: let the rest of this thread's work run, then go on.
-  std::weak_ptr<bool> alive = alive_;
-  boost::asio::post(io_, [this, alive] {
-    if (!alive.expired()) pump_spliced();
-  });
+  defer([this] { pump_spliced(); });
 }
 
 // The read would block: the socket is empty or, when splicing, the stream's pipe is full.
@@ -662,15 +659,12 @@ void Channel::send_buffer(Stream& s, int index, const std::uint8_t* data, std::s
   arm_write();
 }
 
-void Channel::send_pipe(Stream& s, int pipe, std::size_t len) {
+void Channel::send_pipe(Stream& s, const PacketHeader& h, int pipe, std::size_t len) {
   if (closing_) {
     s.forget_queued_buffers();
     return;
   }
   OutItem item;
-  const PacketHeader h =
-      header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-             PacketType::stream, s.serial(), PacketStatus::cont);
   write_prefix(item.prefix.data(), h, len);
   item.len = kPrefixSize + len;
   item.stream = &s;
@@ -841,11 +835,7 @@ void Channel::release(Stream& s) {
   }
   if (!reap_scheduled_) {
     reap_scheduled_ = true;
-    std::weak_ptr<bool> alive = alive_;
-    boost::asio::post(io_, [this, alive] {
-      if (alive.expired()) return;
-      reap();
-    });
+    defer([this] { reap(); });
   }
 }
 
@@ -864,9 +854,7 @@ void Channel::maybe_finish_close() {
   }
   close_reported_ = true;
   socket_.reset();
-  std::weak_ptr<bool> alive = alive_;
-  boost::asio::post(io_, [this, alive] {
-    if (alive.expired()) return;
+  defer([this] {
     released_.clear();
     // The callback may destroy this channel: keep it and the reason off the channel first.
     auto on_closed = std::move(events_.on_closed);

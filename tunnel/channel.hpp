@@ -99,8 +99,8 @@ class Channel {
   void send_packet(const PacketHeader& h, std::span<const std::uint8_t> body = {});
   void send_stream_error(std::uint32_t serial, const RemoteError& e);
   void send_buffer(Stream& s, int index, const std::uint8_t* data, std::size_t len);
-  // Queues a STREAM packet whose len payload bytes wait in the stream's pipe.
-  void send_pipe(Stream& s, int pipe, std::size_t len);
+  // Queues a packet with header h whose len payload bytes wait in the stream's pipe.
+  void send_pipe(Stream& s, const PacketHeader& h, int pipe, std::size_t len);
   void stream_connected(Stream& s, int res);
   void release(Stream& s);
 

@@ -213,7 +213,8 @@ void Stream::fill_pipe_now() {
     tx_credit_ -= got;
     tx_piped_ += got;
     stats_.bytes_to_peer += got;
-    channel_.send_pipe(*this, tx_pipe_r_.get(), got);
+    const PacketHeader h = stream_header(PacketStatus::cont);
+    channel_.send_pipe(*this, h, tx_pipe_r_.get(), got);
   }
 }
 

@@ -202,6 +202,19 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     return path;
   }
 
+  // Starts the channel, exchanges HELLO and opens stream 2 to an echo target.
+  void open_echo_stream() {
+    targets_["echo"] = echo_target();
+    start();
+    hello();
+    Bytes body;
+    encode_open_tunnel(body, OpenTunnel{"echo", 0});
+    send(hdr(2, PacketType::call, 2), body);
+    auto reply = read_packet();
+    ASSERT_TRUE(reply);
+    ASSERT_EQ(reply->h.status, 0u);
+  }
+
   boost::asio::io_context io_;
   Ring ring_{io_};
   std::unique_ptr<Channel> channel_;
@@ -335,15 +348,8 @@ TEST_P(ChannelTest, ReusedSerialIsRefused) {
 }
 
 TEST_P(ChannelTest, StreamCarriesDataBothWaysAndFinishes) {
-  targets_["echo"] = echo_target();
-  start();
-  hello();
-  Bytes body;
-  encode_open_tunnel(body, OpenTunnel{"echo", 0});
-  send(hdr(2, PacketType::call, 2), body);
-  auto reply = read_packet();
-  ASSERT_TRUE(reply);
-  ASSERT_EQ(reply->h.status, 0u);
+  open_echo_stream();
+  if (HasFatalFailure()) return;
   // 48 KiB fits the 64 KiB window: no credit needed before the echo returns.
   Bytes data(48 * 1024);
   for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 7);
@@ -391,15 +397,8 @@ TEST_P(ChannelTest, StreamCarriesDataBothWaysAndFinishes) {
 // More than the window each way, in packets of many sizes: the bytes come back intact and in
 // order, and flow control (credit both ways) keeps the stream moving.
 TEST_P(ChannelTest, LargeEchoFlowsOnCredit) {
-  targets_["echo"] = echo_target();
-  start();
-  hello();
-  Bytes body;
-  encode_open_tunnel(body, OpenTunnel{"echo", 0});
-  send(hdr(2, PacketType::call, 2), body);
-  auto reply = read_packet();
-  ASSERT_TRUE(reply);
-  ASSERT_EQ(reply->h.status, 0u);
+  open_echo_stream();
+  if (HasFatalFailure()) return;
   Bytes data(1u << 20);
   for (std::size_t i = 0; i < data.size(); ++i)
     data[i] = static_cast<std::uint8_t>(i * 13 + i / 4096);
@@ -441,15 +440,8 @@ TEST_P(ChannelTest, LargeEchoFlowsOnCredit) {
 }
 
 TEST_P(ChannelTest, WindowViolationAbortsOnlyThatStream) {
-  targets_["echo"] = echo_target();
-  start();
-  hello();
-  Bytes body;
-  encode_open_tunnel(body, OpenTunnel{"echo", 0});
-  send(hdr(2, PacketType::call, 2), body);
-  auto reply = read_packet();
-  ASSERT_TRUE(reply);
-  ASSERT_EQ(reply->h.status, 0u);
+  open_echo_stream();
+  if (HasFatalFailure()) return;
   send(hdr(2, PacketType::stream, 2, PacketStatus::cont), Bytes(kMinWindow + 1, 0x42));
   RemoteError e = expect_error(read_non_credit(), PacketType::stream, 2);
   EXPECT_EQ(e.code, static_cast<int>(ErrorCode::limit));
