@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "tunnel/socket_transport.hpp"
+
 namespace nbdtunnel::engine {
 
 DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOptions options)
@@ -32,16 +34,14 @@ bool DestServer::start(std::string& error) {
   return true;
 }
 
-std::optional<std::string> DestServer::resolve_target(const std::string& name,
-                                                      std::string& error) const {
-  if (auto prepared = migrations_.resolve(name)) return prepared;
+tunnel::Result<std::string> DestServer::resolve_target(const std::string& name) const {
+  if (auto prepared = migrations_.resolve(name)) return *prepared;
   auto it = options_.targets.find(name);
   if (it == options_.targets.end()) {
     std::string known;
     for (const auto& [n, p] : options_.targets) known += (known.empty() ? "" : ", ") + n;
-    error = fmt::format("unknown target '{}' (this destination serves: {})", name,
-                        known.empty() ? "none" : known);
-    return std::nullopt;
+    return tunnel::input_error(fmt::format("unknown target '{}' (this destination serves: {})",
+                                           name, known.empty() ? "none" : known));
   }
   return it->second;
 }
@@ -55,9 +55,7 @@ void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
   const std::string peer = tunnel::peer_endpoint(client.get());
   spdlog::info("channel from {} accepted", peer);
   tunnel::ChannelEvents events;
-  events.resolve_target = [this](const std::string& name, std::string& err) {
-    return resolve_target(name, err);
-  };
+  events.resolve_target = [this](const std::string& name) { return resolve_target(name); };
   events.on_closed = [this, peer](tunnel::Channel& ch, const std::string& reason) {
     spdlog::info("channel from {} closed: {}", peer, reason);
     migrations_.channel_closed(ch);
@@ -68,9 +66,9 @@ void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
                           std::span<const std::uint8_t> body) {
     migrations_.on_call(ch, call, body);
   };
-  auto channel = std::make_unique<tunnel::Channel>(io_, ring_, std::move(client),
-                                                   tunnel::Channel::Role::responder, peer,
-                                                   options_.channel, std::move(events));
+  auto channel = std::make_unique<tunnel::Channel>(
+      io_, ring_, std::make_unique<tunnel::SocketTransport>(ring_, std::move(client)),
+      tunnel::Channel::Role::responder, peer, options_.channel, std::move(events));
   tunnel::Channel* raw = channel.get();
   channels_.emplace(raw, std::move(channel));
   raw->start();

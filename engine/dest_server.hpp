@@ -36,7 +36,7 @@ class DestServer {
 
  private:
   void on_accept(tunnel::Result<tunnel::unique_fd> accepted);
-  std::optional<std::string> resolve_target(const std::string& name, std::string& error) const;
+  tunnel::Result<std::string> resolve_target(const std::string& name) const;
   void maybe_stopped();
 
   boost::asio::io_context& io_;

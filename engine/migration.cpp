@@ -26,6 +26,7 @@
 #include "qmp/qmp_client.hpp"
 #include "qmp/qmp_error.hpp"
 #include "tunnel/ring.hpp"
+#include "tunnel/socket_transport.hpp"
 #include "tunnel/unix_socket.hpp"
 
 namespace nbdtunnel::engine {
@@ -237,7 +238,7 @@ awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_
   }
   auto result = std::make_shared<std::optional<CallResult>>();
   auto timer = std::make_shared<asio::steady_timer>(io_, timeout);
-  channel_->call(proc, body,
+  channel_->call(static_cast<std::uint32_t>(proc), body,
                  [result, timer](const tunnel::PacketHeader& h, std::span<const std::uint8_t> b) {
                    CallResult r;
                    r.ok = h.status == static_cast<std::uint32_t>(tunnel::PacketStatus::ok);
@@ -303,9 +304,10 @@ awaitable<void> Migration::connect_dest() {
     channel_close_reason_ = reason;
     wake();
   };
-  channel_ = std::make_unique<tunnel::Channel>(io_, ring_, tunnel::unique_fd(sock.release()),
-                                               tunnel::Channel::Role::initiator, where, o_.channel,
-                                               std::move(events));
+  channel_ = std::make_unique<tunnel::Channel>(
+      io_, ring_,
+      std::make_unique<tunnel::SocketTransport>(ring_, tunnel::unique_fd(sock.release())),
+      tunnel::Channel::Role::initiator, where, o_.channel, std::move(events));
   channel_->start();
   const auto deadline = std::chrono::steady_clock::now() + o_.channel.handshake_timeout;
   while (!channel_ready_ && !channel_closed_ && std::chrono::steady_clock::now() < deadline) {

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "tunnel/socket_transport.hpp"
+
 namespace nbdtunnel::engine {
 
 SourceForwarder::SourceForwarder(boost::asio::io_context& io, tunnel::Ring& ring,
@@ -100,9 +102,9 @@ void SourceForwarder::on_connect(int res) {
   events.on_closed = [this](tunnel::Channel&, const std::string& reason) {
     on_channel_closed(reason);
   };
-  channel_ = std::make_unique<tunnel::Channel>(io_, ring_, std::move(connecting_),
-                                               tunnel::Channel::Role::initiator, peer,
-                                               options_.channel, std::move(events));
+  channel_ = std::make_unique<tunnel::Channel>(
+      io_, ring_, std::make_unique<tunnel::SocketTransport>(ring_, std::move(connecting_)),
+      tunnel::Channel::Role::initiator, peer, options_.channel, std::move(events));
   was_ready_ = false;
   channel_->start();
 }

@@ -17,61 +17,49 @@ void store_be32(std::uint8_t* p, std::uint32_t v) {
 }
 }  // namespace
 
-DecodeResult decode_prefix(std::span<const std::uint8_t> in, std::size_t max_packet) {
-  DecodeResult r;
-  if (in.size() < kLengthSize) return r;
-  const std::uint32_t length = load_be32(in.data());
-  if (length < kPrefixSize || length > max_packet) return decode_packet(in.first(4), max_packet);
-  if (in.size() < kPrefixSize) return r;
-  const std::uint8_t* p = in.data();
-  r.status = DecodeResult::Status::frame;
-  r.header = PacketHeader{length,
-                          load_be32(p + 4),
-                          load_be32(p + 8),
-                          load_be32(p + 12),
-                          load_be32(p + 16),
-                          load_be32(p + 20),
-                          load_be32(p + 24)};
-  r.consumed = kPrefixSize;
-  return r;
-}
-
-DecodeResult decode_packet(std::span<const std::uint8_t> in, std::size_t max_packet) {
-  DecodeResult r;
-  if (in.size() < kLengthSize) return r;
-  const std::uint32_t length = load_be32(in.data());
+namespace {
+// Checks the length word at the start of in (4 bytes at least).
+Status check_length(std::uint32_t length, std::size_t max_packet) {
   if (length < kPrefixSize) {
-    r.status = DecodeResult::Status::error;
-    r.error =
-        fmt::format("packet length {} is shorter than the {}-byte minimum", length, kPrefixSize);
-    return r;
+    return input_error(
+        fmt::format("packet length {} is shorter than the {}-byte minimum", length, kPrefixSize));
   }
   if (length > max_packet) {
-    r.status = DecodeResult::Status::error;
-    r.error = fmt::format("packet length {} exceeds the limit of {}", length, max_packet);
-    return r;
+    return input_error(fmt::format("packet length {} exceeds the limit of {}", length, max_packet));
   }
-  if (in.size() < length) return r;
-  const std::uint8_t* p = in.data();
-  r.status = DecodeResult::Status::frame;
-  r.header.length = length;
-  r.header.program = load_be32(p + 4);
-  r.header.version = load_be32(p + 8);
-  r.header.procedure = load_be32(p + 12);
-  r.header.type = load_be32(p + 16);
-  r.header.serial = load_be32(p + 20);
-  r.header.status = load_be32(p + 24);
-  r.body = in.subspan(kPrefixSize, length - kPrefixSize);
-  r.consumed = length;
-  return r;
+  return {};
 }
 
-std::string check_header(const PacketHeader& h) {
+PacketHeader load_header(const std::uint8_t* p) {
+  return PacketHeader{load_be32(p),      load_be32(p + 4),  load_be32(p + 8), load_be32(p + 12),
+                      load_be32(p + 16), load_be32(p + 20), load_be32(p + 24)};
+}
+}  // namespace
+
+Result<std::optional<Frame>> decode_prefix(std::span<const std::uint8_t> in,
+                                           std::size_t max_packet) {
+  if (in.size() < kLengthSize) return std::optional<Frame>{};
+  if (Status s = check_length(load_be32(in.data()), max_packet); !s) return s.error();
+  if (in.size() < kPrefixSize) return std::optional<Frame>{};
+  return std::optional<Frame>{Frame{load_header(in.data()), {}, kPrefixSize}};
+}
+
+Result<std::optional<Frame>> decode_packet(std::span<const std::uint8_t> in,
+                                           std::size_t max_packet) {
+  if (in.size() < kLengthSize) return std::optional<Frame>{};
+  const std::uint32_t length = load_be32(in.data());
+  if (Status s = check_length(length, max_packet); !s) return s.error();
+  if (in.size() < length) return std::optional<Frame>{};
+  return std::optional<Frame>{
+      Frame{load_header(in.data()), in.subspan(kPrefixSize, length - kPrefixSize), length}};
+}
+
+Status check_header(const PacketHeader& h) {
   if (h.type > static_cast<std::uint32_t>(PacketType::stream)) {
-    return fmt::format("unknown packet type {}", h.type);
+    return input_error(fmt::format("unknown packet type {}", h.type));
   }
   if (h.status > static_cast<std::uint32_t>(PacketStatus::cont)) {
-    return fmt::format("unknown packet status {}", h.status);
+    return input_error(fmt::format("unknown packet status {}", h.status));
   }
   return {};
 }
@@ -137,18 +125,6 @@ std::string procedure_name(std::uint32_t program, std::uint32_t procedure) {
     if (procedure == static_cast<std::uint32_t>(KeepaliveProc::pong)) return "keepalive PONG";
   }
   return fmt::format("program {:#x} procedure {}", program, procedure);
-}
-
-const char* status_name(std::uint32_t status) {
-  switch (static_cast<PacketStatus>(status)) {
-    case PacketStatus::ok:
-      return "OK";
-    case PacketStatus::error:
-      return "ERROR";
-    case PacketStatus::cont:
-      return "CONTINUE";
-  }
-  return "UNKNOWN";
 }
 
 }  // namespace nbdtunnel::tunnel

@@ -3,33 +3,36 @@
 // Pure functions over byte spans; no I/O.
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "tunnel/protocol.hpp"
+#include "tunnel/result.hpp"
 
 namespace nbdtunnel::tunnel {
 
-struct DecodeResult {
-  enum class Status { frame, need_more, error };
-  Status status = Status::need_more;
+// One decoded packet: its header and a view of its body inside the input.
+struct Frame {
   PacketHeader header;
   std::span<const std::uint8_t> body;
-  std::size_t consumed = 0;  // bytes of input this frame used (0 unless status == frame)
-  std::string error;         // set when status == error
+  std::size_t consumed = 0;  // bytes of input this frame used
 };
 
-// Decodes the first packet of `in`. Errors are framing errors (bad length): the stream of bytes
-// can no longer be trusted. Unknown header values are not errors here; see check_header().
-DecodeResult decode_packet(std::span<const std::uint8_t> in, std::size_t max_packet = kMaxPacket);
+// Decodes the first packet of `in`: a frame, nullopt if more bytes are needed, or an error. Errors
+// are framing errors (bad length): the stream of bytes can no longer be trusted. Unknown header
+// values are not errors here; see check_header().
+Result<std::optional<Frame>> decode_packet(std::span<const std::uint8_t> in,
+                                           std::size_t max_packet = kMaxPacket);
 
-// Decodes the 28-byte prefix only (length word and header); status is frame (header filled,
-// consumed = 28, body empty) or error. Input shorter than the prefix is need_more.
-DecodeResult decode_prefix(std::span<const std::uint8_t> in, std::size_t max_packet = kMaxPacket);
+// Decodes the 28-byte prefix only (length word and header): a frame with consumed = 28 and an
+// empty body, nullopt if fewer bytes are in, or an error as soon as the length word is bad.
+Result<std::optional<Frame>> decode_prefix(std::span<const std::uint8_t> in,
+                                           std::size_t max_packet = kMaxPacket);
 
-// Returns an error text if type or status are not values of this protocol, empty otherwise.
-std::string check_header(const PacketHeader& h);
+// An error if type or status are not values of this protocol.
+Status check_header(const PacketHeader& h);
 
 // A header of `program` (its version filled in); length is set when the packet is written.
 PacketHeader make_header(std::uint32_t program, std::uint32_t procedure, PacketType type,
@@ -44,6 +47,5 @@ std::vector<std::uint8_t> make_packet(PacketHeader h, std::span<const std::uint8
 const char* type_name(std::uint32_t type);
 // "OPEN_TUNNEL", "keepalive PING", or "program 0x… procedure N" for unknown ones.
 std::string procedure_name(std::uint32_t program, std::uint32_t procedure);
-const char* status_name(std::uint32_t status);
 
 }  // namespace nbdtunnel::tunnel

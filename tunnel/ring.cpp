@@ -4,7 +4,9 @@
 #include <sys/eventfd.h>
 
 #include <boost/asio/post.hpp>
+#include <cassert>
 #include <cerrno>
+#include <cstring>
 #include <system_error>
 
 namespace nbdtunnel::tunnel {
@@ -12,9 +14,15 @@ namespace nbdtunnel::tunnel {
 namespace {
 // user_data of operations nobody waits for (cancel requests).
 constexpr std::uint64_t kUntracked = 0;
+// io_uring_submit interrupted by a signal is retried at once, at most this often.
+constexpr int kSubmitRetries = 8;
+// A submission the kernel refused (-EBUSY, -EAGAIN: completions must be reaped first, or memory
+// is short) is retried after this long, or after the next completion batch, whichever is first.
+constexpr auto kSubmitBackoff = std::chrono::milliseconds(1);
 }  // namespace
 
-Ring::Ring(boost::asio::io_context& io, unsigned entries) : io_(io), event_desc_(io) {
+Ring::Ring(boost::asio::io_context& io, unsigned entries)
+    : io_(io), event_desc_(io), retry_timer_(io) {
   io_uring_params params{};
   params.flags = IORING_SETUP_CLAMP;
   if (int rc = io_uring_queue_init_params(entries, &ring_, &params); rc < 0) {
@@ -38,31 +46,51 @@ Ring::~Ring() {
   if (in_flight_ != 0) spdlog::debug("ring destroyed with {} operations in flight", in_flight_);
   boost::system::error_code ec;
   event_desc_.close(ec);
+  retry_timer_.cancel();
   io_uring_queue_exit(&ring_);
 }
 
 io_uring_sqe* Ring::get_sqe() {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  while (sqe == nullptr) {
-    // Submission queue full: hand what is queued to the kernel and retry.
-    io_uring_submit(&ring_);
+  if (sqe == nullptr) {
+    // Submission queue full: hand what is queued to the kernel and try once more.
+    submit();
     sqe = io_uring_get_sqe(&ring_);
   }
-  schedule_submit();
+  if (sqe != nullptr) schedule_submit();
   return sqe;
 }
 
 io_uring_sqe* Ring::prepare(Op& op) {
-  io_uring_sqe* sqe = get_sqe();
+  assert(!op.busy_ && "an Op carries one operation at a time");
   op.busy_ = true;
   ++in_flight_;
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) {
+    spdlog::error(
+        "io_uring submission queue full and the kernel takes no more; failing an "
+        "operation with EBUSY");
+    fail_later(op, -EBUSY);
+    scratch_ = io_uring_sqe{};
+    return &scratch_;
+  }
   io_uring_sqe_set_data(sqe, &op);
   return sqe;
+}
+
+// Completes op with res from a posted handler, as the kernel would have.
+void Ring::fail_later(Op& op, int res) {
+  boost::asio::post(io_, [this, &op, res] {
+    op.busy_ = false;
+    --in_flight_;
+    if (op.handler_) op.handler_(res, 0);
+  });
 }
 
 void Ring::cancel(Op& op) {
   if (!op.busy_) return;
   io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return;  // it completes on its own: every cancelled op's socket is shut down
   io_uring_prep_cancel(sqe, &op, 0);
   io_uring_sqe_set_data64(sqe, kUntracked);
 }
@@ -76,11 +104,24 @@ void Ring::schedule_submit() {
 
 void Ring::submit() {
   submit_scheduled_ = false;
-  int rc;
-  do {
+  if (io_uring_sq_ready(&ring_) == 0) return;
+  int rc = 0;
+  for (int i = 0; i < kSubmitRetries; ++i) {
     rc = io_uring_submit(&ring_);
-  } while (rc == -EINTR || rc == -EAGAIN || rc == -EBUSY);
-  if (rc < 0) spdlog::error("io_uring_submit failed: {}", std::strerror(-rc));
+    if (rc != -EINTR) break;
+  }
+  if (rc >= 0) return;
+  // What was not taken stays queued: retry after a pause, or after the next drain (which reaps
+  // the completions the kernel may be waiting for us to take).
+  ++submit_failures_;
+  spdlog::warn("io_uring_submit failed: {}; retrying", std::strerror(-rc));
+  if (retry_armed_) return;
+  retry_armed_ = true;
+  retry_timer_.expires_after(kSubmitBackoff);
+  retry_timer_.async_wait([this](const boost::system::error_code& ec) {
+    retry_armed_ = false;
+    if (!ec) submit();
+  });
 }
 
 void Ring::wait_for_completions() {

@@ -6,6 +6,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstdint>
 #include <functional>
 
@@ -18,7 +19,6 @@ class Op {
  public:
   using Handler = std::function<void(int res, std::uint32_t flags)>;
   Op() = default;
-  explicit Op(Handler h) : handler_(std::move(h)) {}
   Op(const Op&) = delete;
   Op& operator=(const Op&) = delete;
   void set_handler(Handler h) { handler_ = std::move(h); }
@@ -38,15 +38,21 @@ class Ring {
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
 
-  // Returns an SQE whose completion goes to op. Submits first if the queue is full.
+  // Returns an SQE whose completion goes to op; the caller fills it in. When the submission
+  // queue is full it submits first; if the kernel takes nothing, the SQE handed out is a scratch
+  // one and op completes (from a posted handler) with -EBUSY instead, so the failure reaches
+  // op's owner through its usual error path.
   io_uring_sqe* prepare(Op& op);
   // Asks the kernel to cancel op if it is in flight; op still gets its (cancelled) completion.
   void cancel(Op& op);
   // Number of operations whose completion has not been delivered yet.
   std::size_t in_flight() const { return in_flight_; }
+  // Submissions that failed (and were retried) since the ring was created.
+  std::uint64_t submit_failures() const { return submit_failures_; }
 
  private:
   io_uring_sqe* get_sqe();
+  void fail_later(Op& op, int res);
   void schedule_submit();
   void submit();
   void wait_for_completions();
@@ -56,8 +62,12 @@ class Ring {
   io_uring ring_{};
   unique_fd event_fd_;
   boost::asio::posix::stream_descriptor event_desc_;
+  boost::asio::steady_timer retry_timer_;
+  io_uring_sqe scratch_{};  // handed out when no SQE can be had; never submitted
   std::size_t in_flight_ = 0;
+  std::uint64_t submit_failures_ = 0;
   bool submit_scheduled_ = false;
+  bool retry_armed_ = false;
   bool draining_ = false;
 };
 

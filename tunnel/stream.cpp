@@ -10,7 +10,6 @@
 #include <cerrno>
 #include <cstring>
 
-#include "tunnel/channel.hpp"
 #include "tunnel/packet.hpp"
 
 namespace nbdtunnel::tunnel {
@@ -26,61 +25,79 @@ std::uint32_t splice_window_limit(std::uint32_t window) {
   return window;  // no pipe can grow at all: each stream falls back to copying
 }
 
-Stream::Stream(Channel& channel, std::uint32_t serial, std::string target, std::string tag,
+namespace {
+// A pipe of at least `size` bytes, or two invalid fds if the kernel refuses that size.
+void make_pipe(unique_fd& r, unique_fd& w, std::size_t size) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return;
+  r.reset(fds[0]);
+  w.reset(fds[1]);
+  if (::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(size)) < static_cast<int>(size)) {
+    r.reset();
+    w.reset();
+  }
+}
+
+PacketHeader stream_header(std::uint32_t serial) {
+  return make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                     PacketType::stream, serial, PacketStatus::cont);
+}
+}  // namespace
+
+Stream::Stream(StreamLink& link, std::uint32_t serial, std::string target, std::string tag,
                unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice)
-    : channel_(channel),
+    : link_(link),
       serial_(serial),
       target_(std::move(target)),
       tag_(std::move(tag)),
       local_(std::move(local)),
       chunk_(chunk),
       window_(window) {
-  int fds[2];
-  if (splice && ::pipe2(fds, O_CLOEXEC) == 0) {
-    pipe_r_.reset(fds[0]);
-    pipe_w_.reset(fds[1]);
+  if (splice) {
     // Room for the whole window even if pages arrive partly filled: twice the window.
-    if (::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(2 * window_)) < static_cast<int>(window_)) {
-      spdlog::debug("stream {}: pipe of {} bytes refused; receiving by copy", serial_, window_);
-      pipe_r_.reset();
-      pipe_w_.reset();
-    }
+    make_pipe(pipe_r_, pipe_w_, 2 * window_);
+    if (!pipe_r_) spdlog::debug("stream {}: receive pipe refused; receiving by copy", serial_);
   }
   if (!pipe_r_) rx_.resize(window_);
-  // Local → peer: splice moves bytes socket → pipe → channel socket; two chunks fit the pipe.
-  if (pipe_r_ && ::pipe2(fds, O_CLOEXEC) == 0) {
-    tx_pipe_r_.reset(fds[0]);
-    tx_pipe_w_.reset(fds[1]);
-    if (::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(4 * chunk_)) <
-        static_cast<int>(4 * chunk_)) {
-      spdlog::debug("stream {}: pipe of {} bytes refused; sending by copy", serial_, 4 * chunk_);
-      tx_pipe_r_.reset();
-      tx_pipe_w_.reset();
-    }
+  // Local → peer by splice too (socket → pipe → channel): two chunks fit the pipe, with room.
+  if (pipe_r_) {
+    make_pipe(tx_pipe_r_, tx_pipe_w_, 4 * chunk_);
+    if (!tx_pipe_r_) spdlog::debug("stream {}: transmit pipe refused; sending by copy", serial_);
   }
   if (!tx_pipe_r_) {
     for (auto& b : tx_) b.bytes.resize(kPrefixSize + chunk_);
+    recv_op_.set_handler([this, next = completion("reading the local socket", &Stream::on_recv)](
+                             int res, std::uint32_t flags) {
+      // The buffer and the credit reserved for this recv come back first, whatever happened.
+      const std::size_t got = res > 0 ? static_cast<std::size_t>(res) : 0;
+      tx_credit_ += recv_reserved_ - got;
+      recv_reserved_ = 0;
+      tx_[receiving_index_].free = true;
+      next(res, flags);
+    });
+  } else {
+    recv_op_.set_handler(completion("waiting to read the local socket", &Stream::on_readable));
   }
-  recv_op_.set_handler([this](int res, std::uint32_t) {
-    if (tx_pipe_r_) {
-      on_readable(res);
-    } else {
-      on_recv(res);
-    }
-  });
-  send_op_.set_handler([this](int res, std::uint32_t) {
-    if (pipe_r_) {
-      on_writable(res);
-    } else {
-      on_send(res);
-    }
-  });
+  if (pipe_r_) {
+    send_op_.set_handler(completion("waiting to write the local socket", &Stream::on_writable));
+  } else {
+    send_op_.set_handler(completion("writing the local socket", &Stream::on_sent));
+  }
   connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
 }
 
-PacketHeader Stream::stream_header(PacketStatus status) const {
-  return make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                     PacketType::stream, serial_, status);
+Op::Handler Stream::completion(const char* what, void (Stream::*next)(int res)) {
+  return [this, what, next](int res, std::uint32_t) {
+    if (state_ == State::closed) {
+      link_.done(serial_);
+      return;
+    }
+    if (res < 0 && res != -EAGAIN) {
+      abort(ErrorCode::stream_io, fmt::format("{} failed: {}", what, std::strerror(-res)), true);
+      return;
+    }
+    (this->*next)(res);
+  };
 }
 
 std::string Stream::describe() const {
@@ -90,33 +107,34 @@ std::string Stream::describe() const {
 void Stream::connect(const std::string& path) {
   local_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!local_) {
-    channel_.stream_connected(*this, -errno);
+    link_.connected(serial_, system_error(errno, "connect failed"));
     return;
   }
   connect_addr_.sun_family = AF_UNIX;
   std::memcpy(connect_addr_.sun_path, path.c_str(),
               std::min(path.size() + 1, sizeof connect_addr_.sun_path));
   connect_addr_.sun_path[sizeof connect_addr_.sun_path - 1] = '\0';
-  io_uring_sqe* sqe = channel_.ring().prepare(connect_op_);
-  io_uring_prep_connect(sqe, local_.get(), reinterpret_cast<const sockaddr*>(&connect_addr_),
-                        sizeof connect_addr_);
+  io_uring_prep_connect(link_.ring().prepare(connect_op_), local_.get(),
+                        reinterpret_cast<const sockaddr*>(&connect_addr_), sizeof connect_addr_);
 }
 
 void Stream::on_connect(int res) {
   if (state_ == State::closed) {
-    channel_.release(*this);
+    link_.done(serial_);
     return;
   }
-  channel_.stream_connected(*this, res);
+  link_.connected(serial_, res < 0 ? Status(system_error(-res, "connect failed")) : Status());
 }
 
 void Stream::start(std::uint32_t credit) {
   state_ = State::open;
-  // The pipe drains into the local socket by plain splice calls, which must not block.
+  // The pipes drain and fill by plain splice calls, which must not block.
   if (pipe_r_ || tx_pipe_r_) set_nonblocking(local_.get());
   tx_credit_ = credit;
   arm_recv();
 }
+
+// ---- Local → peer ----
 
 void Stream::arm_recv() {
   if (state_ != State::open || local_eof_ || recv_op_.busy() || tx_credit_ == 0) return;
@@ -124,65 +142,39 @@ void Stream::arm_recv() {
     fill_pipe();
     return;
   }
-  auto it = std::find_if(tx_.begin(), tx_.end(),
-                         [](const TxBuffer& b) { return b.use == TxBuffer::Use::free; });
+  auto it = std::find_if(tx_.begin(), tx_.end(), [](const TxBuffer& b) { return b.free; });
   if (it == tx_.end()) return;
   const std::size_t len = std::min<std::uint64_t>(chunk_, tx_credit_);
   tx_credit_ -= len;
   recv_reserved_ = len;
   receiving_index_ = static_cast<int>(it - tx_.begin());
-  it->use = TxBuffer::Use::receiving;
-  io_uring_sqe* sqe = channel_.ring().prepare(recv_op_);
-  io_uring_prep_recv(sqe, local_.get(), it->bytes.data() + kPrefixSize, len, 0);
+  it->free = false;
+  io_uring_prep_recv(link_.ring().prepare(recv_op_), local_.get(), it->bytes.data() + kPrefixSize,
+                     len, 0);
 }
 
 void Stream::on_recv(int res) {
-  TxBuffer& buf = tx_[receiving_index_];
-  buf.use = TxBuffer::Use::free;
-  const std::size_t got = res > 0 ? static_cast<std::size_t>(res) : 0;
-  tx_credit_ += recv_reserved_ - got;
-  recv_reserved_ = 0;
-  if (state_ == State::closed) {
-    channel_.release(*this);
-    return;
-  }
   if (res == -EAGAIN) {  // io_uring waits for readiness, so this is not expected; retry
     arm_recv();
     return;
   }
-  if (res < 0) {
-    abort(ErrorCode::stream_io,
-          fmt::format("reading the local socket failed: {}", std::strerror(-res)), true);
-    return;
-  }
   if (res == 0) {
-    // End of data in this direction: an empty CONTINUE, queued after every data packet.
-    local_eof_ = true;
-    const PacketHeader h = stream_header(PacketStatus::cont);
-    channel_.send_packet(h);
-    maybe_finish();
+    local_ended();
     return;
   }
-  stats_.bytes_to_peer += got;
-  buf.use = TxBuffer::Use::queued;
-  const PacketHeader h = stream_header(PacketStatus::cont);
-  write_prefix(buf.bytes.data(), h, got);
-  channel_.send_buffer(*this, receiving_index_, buf.bytes.data(), kPrefixSize + got);
+  const auto got = static_cast<std::size_t>(res);
+  bytes_to_peer_ += got;
+  TxBuffer& buf = tx_[receiving_index_];
+  buf.free = false;  // lent to the write queue
+  write_prefix(buf.bytes.data(), stream_header(serial_), got);
+  link_.send_payload(
+      BufferLease(*this, receiving_index_, std::span(buf.bytes.data(), kPrefixSize + got)));
   arm_recv();
 }
 
-// Splice path: moves what the local socket holds into the pipe, up to two chunks, and queues a
-// packet on the channel for each piece.
+// Splice path: moves what the local socket holds into the transmit pipe, up to two chunks and
+// never more than the credit, and queues a packet for each piece.
 void Stream::fill_pipe() {
-  // Queuing a packet can send it at once and call back here through on_pipe_sent: this loop
-  // already goes on, so the nested call returns.
-  if (filling_) return;
-  filling_ = true;
-  fill_pipe_now();
-  filling_ = false;
-}
-
-void Stream::fill_pipe_now() {
   while (state_ == State::open && !local_eof_ && tx_credit_ > 0 && tx_piped_ < 2 * chunk_) {
     const std::size_t len = std::min<std::uint64_t>(chunk_, tx_credit_);
     const ssize_t n = ::splice(local_.get(), nullptr, tx_pipe_w_.get(), nullptr, len,
@@ -190,10 +182,9 @@ void Stream::fill_pipe_now() {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       // An empty pipe means the socket is empty: wait for it. Otherwise the pipe may be full;
-      // the channel sending it calls back here.
+      // the write queue returning its leases calls back here.
       if (tx_piped_ == 0) {
-        io_uring_sqe* sqe = channel_.ring().prepare(recv_op_);
-        io_uring_prep_poll_add(sqe, local_.get(), POLLIN);
+        io_uring_prep_poll_add(link_.ring().prepare(recv_op_), local_.get(), POLLIN);
       }
       return;
     }
@@ -203,59 +194,48 @@ void Stream::fill_pipe_now() {
       return;
     }
     if (n == 0) {
-      local_eof_ = true;
-      const PacketHeader h = stream_header(PacketStatus::cont);
-      channel_.send_packet(h);
-      maybe_finish();
+      local_ended();
       return;
     }
     const auto got = static_cast<std::size_t>(n);
     tx_credit_ -= got;
     tx_piped_ += got;
-    stats_.bytes_to_peer += got;
-    const PacketHeader h = stream_header(PacketStatus::cont);
-    channel_.send_pipe(*this, h, tx_pipe_r_.get(), got);
+    bytes_to_peer_ += got;
+    PipeLease lease(*this, tx_pipe_r_.get(), got);
+    write_prefix(lease.prefix().data(), stream_header(serial_), got);
+    link_.send_payload(std::move(lease));
   }
 }
 
-void Stream::on_readable(int res) {
-  if (state_ == State::closed) {
-    channel_.release(*this);
-    return;
-  }
-  if (res < 0) {
-    abort(ErrorCode::stream_io,
-          fmt::format("waiting to read the local socket failed: {}", std::strerror(-res)), true);
-    return;
-  }
+void Stream::on_readable(int) {
   fill_pipe();
 }
 
-void Stream::on_pipe_sent(std::size_t n) {
+// End of data in this direction: an empty CONTINUE, queued after every data packet.
+void Stream::local_ended() {
+  local_eof_ = true;
+  link_.send_end_of_data(serial_);
+  maybe_finish();
+}
+
+void Stream::buffer_returned(int index) {
+  tx_[index].free = true;
+  if (state_ == State::closed) {
+    link_.done(serial_);
+    return;
+  }
+  arm_recv();
+  maybe_finish();
+}
+
+void Stream::pipe_returned(std::size_t n) {
   tx_piped_ -= n;
   if (state_ == State::closed) {
-    channel_.release(*this);
+    link_.done(serial_);
     return;
   }
   arm_recv();
   maybe_finish();
-}
-
-void Stream::on_buffer_sent(int index) {
-  tx_[index].use = TxBuffer::Use::free;
-  if (state_ == State::closed) {
-    channel_.release(*this);
-    return;
-  }
-  arm_recv();
-  maybe_finish();
-}
-
-void Stream::forget_queued_buffers() {
-  for (auto& b : tx_) {
-    if (b.use == TxBuffer::Use::queued) b.use = TxBuffer::Use::free;
-  }
-  tx_piped_ = 0;
 }
 
 void Stream::on_credit(std::uint32_t bytes) {
@@ -263,6 +243,8 @@ void Stream::on_credit(std::uint32_t bytes) {
   tx_credit_ += bytes;
   arm_recv();
 }
+
+// ---- Peer → local ----
 
 void Stream::on_packet(std::uint32_t status, std::span<const std::uint8_t> body) {
   if (state_ != State::open) {
@@ -272,43 +254,14 @@ void Stream::on_packet(std::uint32_t status, std::span<const std::uint8_t> body)
     return;
   }
   switch (static_cast<PacketStatus>(status)) {
-    case PacketStatus::cont: {
+    case PacketStatus::cont:
       if (body.empty()) {
         remote_eof_ = true;
         arm_send();
         return;
       }
-      if (remote_eof_) {
-        abort(ErrorCode::protocol, "peer sent data after its end-of-data", true);
-        return;
-      }
-      if (body.size() > window_ - rx_used_) {
-        abort(ErrorCode::limit,
-              fmt::format("peer sent {} bytes with only {} bytes of window left", body.size(),
-                          window_ - rx_used_),
-              true);
-        return;
-      }
-      if (pipe_w_) {
-        // A payload the channel did not splice (it arrived with other bytes): write it in.
-        const ssize_t n = ::write(pipe_w_.get(), body.data(), body.size());
-        if (n != static_cast<ssize_t>(body.size())) {
-          abort(ErrorCode::stream_io, "writing the stream pipe failed", true);
-          return;
-        }
-        rx_used_ += body.size();
-        arm_send();
-        return;
-      }
-      // Copy into the ring, in at most two pieces.
-      std::size_t tail = (rx_head_ + rx_used_) % rx_.size();
-      const std::size_t first = std::min(body.size(), rx_.size() - tail);
-      std::memcpy(rx_.data() + tail, body.data(), first);
-      std::memcpy(rx_.data(), body.data() + first, body.size() - first);
-      rx_used_ += body.size();
-      arm_send();
+      accept_payload(body);
       return;
-    }
     case PacketStatus::ok:
       if (!body.empty()) {
         abort(ErrorCode::protocol, "stream finish packet carries a body", true);
@@ -318,17 +271,47 @@ void Stream::on_packet(std::uint32_t status, std::span<const std::uint8_t> body)
       maybe_finish();
       return;
     case PacketStatus::error: {
-      RemoteError e;
-      const std::string err = decode_remote_error(body, e);
-      const std::string why = err.empty() ? e.message.value_or("no message") : err;
+      Result<RemoteError> e = decode_remote_error(body);
+      const std::string why = e ? e->message.value_or("no message") : e.error().message;
       abort(ErrorCode::stream_io, fmt::format("peer aborted the stream: {}", why), false);
       return;
     }
   }
 }
 
-bool Stream::can_splice(std::size_t n) const {
-  return pipe_w_ && state_ == State::open && !remote_eof_ && n <= window_ - rx_used_;
+// A payload that arrived as bytes (copy mode, or one the channel could not splice).
+void Stream::accept_payload(std::span<const std::uint8_t> body) {
+  if (remote_eof_) {
+    abort(ErrorCode::protocol, "peer sent data after its end-of-data", true);
+    return;
+  }
+  if (body.size() > window_ - rx_used_) {
+    abort(ErrorCode::limit,
+          fmt::format("peer sent {} bytes with only {} bytes of window left", body.size(),
+                      window_ - rx_used_),
+          true);
+    return;
+  }
+  if (pipe_w_) {
+    const ssize_t n = ::write(pipe_w_.get(), body.data(), body.size());
+    if (n != static_cast<ssize_t>(body.size())) {
+      abort(ErrorCode::stream_io, "writing the stream pipe failed", true);
+      return;
+    }
+  } else {
+    // Copy into the ring, in at most two pieces.
+    const std::size_t tail = (rx_head_ + rx_used_) % rx_.size();
+    const std::size_t first = std::min(body.size(), rx_.size() - tail);
+    std::memcpy(rx_.data() + tail, body.data(), first);
+    std::memcpy(rx_.data(), body.data() + first, body.size() - first);
+  }
+  rx_used_ += body.size();
+  arm_send();
+}
+
+int Stream::splice_pipe(std::size_t n) const {
+  const bool ok = pipe_w_ && state_ == State::open && !remote_eof_ && n <= window_ - rx_used_;
+  return ok ? pipe_w_.get() : -1;
 }
 
 void Stream::on_spliced(std::size_t n) {
@@ -341,10 +324,10 @@ void Stream::on_spliced(std::size_t n) {
   }
   if (drain_posted_) return;
   drain_posted_ = true;
-  channel_.defer([this] {
+  link_.poster().post([this] {
     drain_posted_ = false;
     if (state_ == State::closed) {
-      channel_.release(*this);
+      link_.done(serial_);
       return;
     }
     arm_send();
@@ -359,8 +342,8 @@ void Stream::arm_send() {
   }
   if (rx_used_ > 0) {
     const std::size_t sending = std::min(rx_used_, rx_.size() - rx_head_);
-    io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
-    io_uring_prep_send(sqe, local_.get(), rx_.data() + rx_head_, sending, MSG_NOSIGNAL);
+    io_uring_prep_send(link_.ring().prepare(send_op_), local_.get(), rx_.data() + rx_head_, sending,
+                       MSG_NOSIGNAL);
     return;
   }
   if (remote_eof_ && !local_shut_wr_) {
@@ -371,16 +354,15 @@ void Stream::arm_send() {
   }
 }
 
-// Splice path: moves the pipe into the local socket now (io_uring would run the splice on a
-// worker thread); when the socket is full, waits for it to become writable.
+// Splice path: moves the pipe into the local socket now; when the socket is full, waits for it
+// to become writable.
 void Stream::drain_pipe() {
   while (rx_used_ > 0 && state_ == State::open) {
     const ssize_t n = ::splice(pipe_r_.get(), nullptr, local_.get(), nullptr, rx_used_,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      io_uring_sqe* sqe = channel_.ring().prepare(send_op_);
-      io_uring_prep_poll_add(sqe, local_.get(), POLLOUT);
+      io_uring_prep_poll_add(link_.ring().prepare(send_op_), local_.get(), POLLOUT);
       return;
     }
     if (n <= 0) {
@@ -395,29 +377,11 @@ void Stream::drain_pipe() {
   arm_send();
 }
 
-void Stream::on_writable(int res) {
-  if (state_ == State::closed) {
-    channel_.release(*this);
-    return;
-  }
-  if (res < 0) {
-    abort(ErrorCode::stream_io,
-          fmt::format("waiting to write the local socket failed: {}", std::strerror(-res)), true);
-    return;
-  }
+void Stream::on_writable(int) {
   arm_send();
 }
 
-void Stream::on_send(int res) {
-  if (state_ == State::closed) {
-    channel_.release(*this);
-    return;
-  }
-  if (res < 0) {
-    abort(ErrorCode::stream_io,
-          fmt::format("writing the local socket failed: {}", std::strerror(-res)), true);
-    return;
-  }
+void Stream::on_sent(int res) {
   const auto sent = static_cast<std::size_t>(res);
   rx_head_ = rx_used_ == sent ? 0 : (rx_head_ + sent) % rx_.size();
   delivered(sent);
@@ -426,7 +390,7 @@ void Stream::on_send(int res) {
 
 void Stream::delivered(std::size_t n) {
   rx_used_ -= n;
-  stats_.bytes_from_peer += n;
+  bytes_from_peer_ += n;
   credit_owed_ += n;
   grant_credit();
 }
@@ -435,31 +399,31 @@ void Stream::grant_credit() {
   // Batch credit: one message per half window delivered. The peer never waits on less: when it
   // runs out, a whole window is in flight or delivered, so half of it comes back.
   if (credit_owed_ < window_ / 2 || remote_eof_) return;
-  std::vector<std::uint8_t> body;
-  encode_credit(body, static_cast<std::uint32_t>(credit_owed_));
+  link_.grant_credit(serial_, static_cast<std::uint32_t>(credit_owed_));
   credit_owed_ = 0;
-  const PacketHeader h = make_header(kProgram, static_cast<std::uint32_t>(Proc::stream_credit),
-                                     PacketType::message, serial_, PacketStatus::ok);
-  channel_.send_packet(h, body);
+}
+
+// ---- Opening and closing ----
+
+bool Stream::tx_idle() const {
+  return tx_piped_ == 0 &&
+         std::all_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) { return b.free; });
 }
 
 void Stream::maybe_finish() {
   if (state_ != State::open) return;
-  const bool tx_done = local_eof_ && tx_piped_ == 0 &&
-                       std::none_of(tx_.begin(), tx_.end(),
-                                    [](const TxBuffer& b) { return b.use != TxBuffer::Use::free; });
+  const bool tx_done = local_eof_ && tx_idle();
   const bool rx_done = remote_eof_ && local_shut_wr_ && !send_op_.busy();
   if (tx_done && rx_done && !finish_sent_) {
     finish_sent_ = true;
-    const PacketHeader h = stream_header(PacketStatus::ok);
-    channel_.send_packet(h);
+    link_.send_finish(serial_);
   }
   if (finish_sent_ && finish_received_) {
-    spdlog::debug("{} finished: {} bytes to peer, {} bytes from peer", describe(),
-                  stats_.bytes_to_peer, stats_.bytes_from_peer);
+    spdlog::debug("{} finished: {} bytes to peer, {} bytes from peer", describe(), bytes_to_peer_,
+                  bytes_from_peer_);
     state_ = State::closed;
     close_local();
-    channel_.release(*this);
+    link_.done(serial_);
   }
 }
 
@@ -467,27 +431,22 @@ void Stream::abort(ErrorCode code, const std::string& reason, bool notify_peer) 
   if (state_ == State::closed) return;
   const bool was_open = state_ == State::open;
   state_ = State::closed;
-  if (was_open) {
-    spdlog::info("{} to target '{}' closed: {}", describe(), target_, reason);
-  }
-  if (notify_peer) channel_.send_stream_error(serial_, make_error(code, reason));
+  if (was_open) spdlog::info("{} to target '{}' closed: {}", describe(), target_, reason);
+  if (notify_peer) link_.send_error(serial_, make_error(code, reason));
   close_local();
-  channel_.release(*this);
+  link_.done(serial_);
 }
 
 void Stream::close_local() {
   // Shutting the socket down completes any recv/send in flight; cancel covers connect.
   if (local_) ::shutdown(local_.get(), SHUT_RDWR);
-  channel_.ring().cancel(recv_op_);
-  channel_.ring().cancel(send_op_);
-  channel_.ring().cancel(connect_op_);
+  link_.ring().cancel(recv_op_);
+  link_.ring().cancel(send_op_);
+  link_.ring().cancel(connect_op_);
 }
 
 bool Stream::idle() const {
-  return !recv_op_.busy() && !send_op_.busy() && !connect_op_.busy() && !splicing_in_ &&
-         tx_piped_ == 0 && !drain_posted_ &&
-         std::none_of(tx_.begin(), tx_.end(),
-                      [](const TxBuffer& b) { return b.use != TxBuffer::Use::free; });
+  return !recv_op_.busy() && !send_op_.busy() && !connect_op_.busy() && !drain_posted_ && tx_idle();
 }
 
 }  // namespace nbdtunnel::tunnel

@@ -32,9 +32,9 @@ void BM_decode_packet(benchmark::State& state) {
   std::vector<std::uint8_t> body(payload, 0x5a);
   const std::vector<std::uint8_t> pkt = tn::make_packet(stream_header(2), body);
   for (auto _ : state) {
-    tn::DecodeResult r = tn::decode_packet(pkt);
-    benchmark::DoNotOptimize(r.consumed);
-    benchmark::DoNotOptimize(r.body.data());
+    tn::Result<std::optional<tn::Frame>> r = tn::decode_packet(pkt);
+    benchmark::DoNotOptimize((*r)->consumed);
+    benchmark::DoNotOptimize((*r)->body.data());
   }
   state.SetItemsProcessed(state.iterations());
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(pkt.size()));
@@ -52,10 +52,10 @@ void BM_decode_packet_batch(benchmark::State& state) {
   for (auto _ : state) {
     std::span<const std::uint8_t> in(buf);
     while (!in.empty()) {
-      tn::DecodeResult r = tn::decode_packet(in);
-      if (r.status != tn::DecodeResult::Status::frame) break;
-      benchmark::DoNotOptimize(r.body.data());
-      in = in.subspan(r.consumed);
+      tn::Result<std::optional<tn::Frame>> r = tn::decode_packet(in);
+      if (!r || !*r) break;
+      benchmark::DoNotOptimize((*r)->body.data());
+      in = in.subspan((*r)->consumed);
     }
   }
   state.SetItemsProcessed(state.iterations() * 16);

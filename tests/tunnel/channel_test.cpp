@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "tunnel/packet.hpp"
+#include "tunnel/socket_transport.hpp"
 #include "tunnel/unix_socket.hpp"
 
 namespace nbdtunnel::tunnel {
@@ -51,13 +52,10 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
     peer_.reset(fds[1]);
     ChannelEvents events;
-    events.resolve_target = [this](const std::string& name, std::string& error) {
+    events.resolve_target = [this](const std::string& name) -> Result<std::string> {
       auto it = targets_.find(name);
-      if (it == targets_.end()) {
-        error = "unknown target '" + name + "'";
-        return std::optional<std::string>{};
-      }
-      return std::optional<std::string>{it->second};
+      if (it == targets_.end()) return input_error("unknown target '" + name + "'");
+      return it->second;
     };
     events.on_closed = [this](Channel&, const std::string& reason) {
       std::lock_guard lock(mu_);
@@ -69,8 +67,9 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     }
     config.window = kMinWindow;
     config.splice = GetParam();
-    channel_ = std::make_unique<Channel>(io_, ring_, unique_fd(fds[0]), Channel::Role::responder,
-                                         "test-peer", config, events);
+    channel_ = std::make_unique<Channel>(
+        io_, ring_, std::make_unique<SocketTransport>(ring_, unique_fd(fds[0])),
+        Channel::Role::responder, "test-peer", config, events);
     channel_->start();
     thread_ = std::thread([this] { io_.run(); });
   }
@@ -99,13 +98,13 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
   // Reads one packet, or nullopt on EOF/timeout.
   std::optional<Packet> read_packet(std::chrono::milliseconds timeout = 3s) {
     for (;;) {
-      DecodeResult d = decode_packet(inbox_);
-      if (d.status == DecodeResult::Status::frame) {
-        Packet p{d.header, Bytes(d.body.begin(), d.body.end())};
-        inbox_.erase(inbox_.begin(), inbox_.begin() + static_cast<long>(d.consumed));
+      Result<std::optional<Frame>> d = decode_packet(inbox_);
+      if (!d) return std::nullopt;
+      if (*d) {
+        Packet p{(*d)->header, Bytes((*d)->body.begin(), (*d)->body.end())};
+        inbox_.erase(inbox_.begin(), inbox_.begin() + static_cast<long>((*d)->consumed));
         return p;
       }
-      if (d.status == DecodeResult::Status::error) return std::nullopt;
       pollfd pfd{peer_.get(), POLLIN, 0};
       if (::poll(&pfd, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
       std::uint8_t buf[65536];
@@ -123,9 +122,9 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
           p->h.type != static_cast<std::uint32_t>(PacketType::message)) {
         return p;
       }
-      std::uint32_t n = 0;
-      EXPECT_EQ(decode_credit(p->body, n), "");
-      credits_ += n;
+      Result<std::uint32_t> n = decode_credit(p->body);
+      EXPECT_TRUE(n);
+      if (n) credits_ += *n;
     }
   }
 
@@ -164,8 +163,9 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     EXPECT_EQ(p->h.type, static_cast<std::uint32_t>(type));
     EXPECT_EQ(p->h.status, static_cast<std::uint32_t>(PacketStatus::error));
     EXPECT_EQ(p->h.serial, serial);
-    EXPECT_EQ(decode_remote_error(p->body, e), "");
-    return e;
+    Result<RemoteError> decoded = decode_remote_error(p->body);
+    EXPECT_TRUE(decoded) << decoded.error().message;
+    return decoded ? *decoded : e;
   }
 
   void expect_alive() {
@@ -419,9 +419,9 @@ TEST_P(ChannelTest, LargeEchoFlowsOnCredit) {
     auto p = read_packet();
     ASSERT_TRUE(p) << "echo stalled at " << echoed.size() << " of " << data.size() << " bytes";
     if (p->h.type == static_cast<std::uint32_t>(PacketType::message)) {
-      std::uint32_t n = 0;
-      ASSERT_EQ(decode_credit(p->body, n), "");
-      window_left += n;
+      Result<std::uint32_t> n = decode_credit(p->body);
+      ASSERT_TRUE(n);
+      window_left += *n;
       continue;
     }
     ASSERT_EQ(p->h.type, static_cast<std::uint32_t>(PacketType::stream));

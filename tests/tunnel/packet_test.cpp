@@ -29,9 +29,11 @@ TEST(Packet, GoldenStreamPacket) {
 }
 
 TEST(Packet, DecodeGoldenStreamPacket) {
-  DecodeResult r = decode_packet(kStreamHi);
-  ASSERT_EQ(r.status, DecodeResult::Status::frame);
+  Result<std::optional<Frame>> d = decode_packet(kStreamHi);
+  ASSERT_TRUE(d && *d);
+  const Frame& r = **d;
   EXPECT_EQ(r.consumed, kStreamHi.size());
+  EXPECT_EQ(r.header.length, kStreamHi.size());
   EXPECT_EQ(r.header.program, kProgram);
   EXPECT_EQ(r.header.procedure, 2u);
   EXPECT_EQ(r.header.type, 3u);
@@ -49,45 +51,51 @@ TEST(Packet, GoldenKeepalivePing) {
 
 TEST(Packet, ShortInputNeedsMore) {
   for (std::size_t n = 0; n < kStreamHi.size(); ++n) {
-    DecodeResult r = decode_packet(std::span(kStreamHi).first(n));
-    EXPECT_EQ(r.status, DecodeResult::Status::need_more) << "prefix of " << n << " bytes";
-    EXPECT_EQ(r.consumed, 0u);
+    Result<std::optional<Frame>> r = decode_packet(std::span(kStreamHi).first(n));
+    ASSERT_TRUE(r) << "prefix of " << n << " bytes";
+    EXPECT_FALSE(*r) << "prefix of " << n << " bytes";
   }
 }
 
 TEST(Packet, LengthBelowHeaderIsAnError) {
   Bytes p = kStreamHi;
   p[3] = 27;
-  DecodeResult r = decode_packet(p);
-  ASSERT_EQ(r.status, DecodeResult::Status::error);
-  EXPECT_NE(r.error.find("shorter than the 28-byte minimum"), std::string::npos);
+  Result<std::optional<Frame>> r = decode_packet(p);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("shorter than the 28-byte minimum"), std::string::npos);
+  EXPECT_EQ(r.error().code, std::errc::bad_message);
 }
 
 TEST(Packet, LengthOverLimitIsAnErrorBeforeTheBodyArrives) {
   const Bytes p = {0x10, 0, 0, 0};  // 256 MiB announced, 4 bytes present
-  DecodeResult r = decode_packet(p);
-  ASSERT_EQ(r.status, DecodeResult::Status::error);
-  EXPECT_NE(r.error.find("exceeds the limit"), std::string::npos);
+  Result<std::optional<Frame>> r = decode_packet(p);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("exceeds the limit"), std::string::npos);
 }
 
 TEST(Packet, TwoPacketsBackToBackDecodeOneAtATime) {
   Bytes two = kStreamHi;
   two.insert(two.end(), kStreamHi.begin(), kStreamHi.end());
-  DecodeResult r = decode_packet(two);
-  ASSERT_EQ(r.status, DecodeResult::Status::frame);
-  EXPECT_EQ(r.consumed, kStreamHi.size());
-  DecodeResult r2 = decode_packet(std::span(two).subspan(r.consumed));
-  EXPECT_EQ(r2.status, DecodeResult::Status::frame);
+  Result<std::optional<Frame>> r = decode_packet(two);
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->consumed, kStreamHi.size());
+  Result<std::optional<Frame>> r2 = decode_packet(std::span(two).subspan((*r)->consumed));
+  ASSERT_TRUE(r2 && *r2);
+  EXPECT_EQ((*r2)->consumed, kStreamHi.size());
 }
 
 TEST(Packet, UnknownTypeAndStatusAreReported) {
   PacketHeader h = stream_header(1);
-  EXPECT_EQ(check_header(h), "");
+  EXPECT_TRUE(check_header(h));
   h.type = 9;
-  EXPECT_NE(check_header(h).find("unknown packet type 9"), std::string::npos);
+  Status bad_type = check_header(h);
+  ASSERT_FALSE(bad_type);
+  EXPECT_NE(bad_type.error().message.find("unknown packet type 9"), std::string::npos);
   h = stream_header(1);
   h.status = 3;
-  EXPECT_NE(check_header(h).find("unknown packet status 3"), std::string::npos);
+  Status bad_status = check_header(h);
+  ASSERT_FALSE(bad_status);
+  EXPECT_NE(bad_status.error().message.find("unknown packet status 3"), std::string::npos);
 }
 
 TEST(Packet, RandomBytesNeverCrash) {
@@ -100,10 +108,10 @@ TEST(Packet, RandomBytesNeverCrash) {
       b = static_cast<std::uint8_t>(x);
     }
     if (in.size() >= 4 && (i & 1)) in[0] = in[1] = 0;  // make small lengths likely
-    DecodeResult r = decode_packet(in);
-    if (r.status == DecodeResult::Status::frame) {
-      EXPECT_LE(r.consumed, in.size());
-      EXPECT_EQ(r.body.size() + kPrefixSize, r.consumed);
+    Result<std::optional<Frame>> r = decode_packet(in);
+    if (r && *r) {
+      EXPECT_LE((*r)->consumed, in.size());
+      EXPECT_EQ((*r)->body.size() + kPrefixSize, (*r)->consumed);
     }
   }
 }
