@@ -19,6 +19,7 @@
 #include <optional>
 #include <thread>
 
+#include "raw_peer.hpp"
 #include "tunnel/packet.hpp"
 #include "tunnel/socket_transport.hpp"
 #include "tunnel/unix_socket.hpp"
@@ -26,31 +27,17 @@
 namespace nbdtunnel::tunnel {
 namespace {
 
-using Bytes = std::vector<std::uint8_t>;
 using namespace std::chrono_literals;
-
-struct Packet {
-  PacketHeader h;
-  Bytes body;
-};
-
-PacketHeader hdr(std::uint32_t proc, PacketType type, std::uint32_t serial,
-                 PacketStatus status = PacketStatus::ok, std::uint32_t program = kProgram) {
-  return PacketHeader{0,
-                      program,
-                      1,
-                      proc,
-                      static_cast<std::uint32_t>(type),
-                      serial,
-                      static_cast<std::uint32_t>(status)};
-}
+using testing::Bytes;
+using testing::hdr;
+using testing::Packet;
 
 class ChannelTest : public ::testing::TestWithParam<bool> {
  protected:
   void start(ChannelConfig config = {}) {
     int fds[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
-    peer_.reset(fds[1]);
+    peer_ = testing::RawPeer(unique_fd(fds[1]));
     ChannelEvents events;
     events.resolve_target = [this](const std::string& name) -> Result<std::string> {
       auto it = targets_.find(name);
@@ -86,32 +73,10 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     std::filesystem::remove_all(dir_);
   }
 
-  void send(PacketHeader h, const Bytes& body = {}) {
-    const Bytes p = make_packet(h, body);
-    ASSERT_EQ(::send(peer_.get(), p.data(), p.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(p.size()));
-  }
-  void send_raw(const Bytes& bytes) {
-    ::send(peer_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
-  }
-
-  // Reads one packet, or nullopt on EOF/timeout.
+  void send(PacketHeader h, const Bytes& body = {}) { ASSERT_TRUE(peer_.send(h, body)); }
+  void send_raw(const Bytes& bytes) { peer_.send_raw(bytes); }
   std::optional<Packet> read_packet(std::chrono::milliseconds timeout = 3s) {
-    for (;;) {
-      Result<std::optional<Frame>> d = decode_packet(inbox_);
-      if (!d) return std::nullopt;
-      if (*d) {
-        Packet p{(*d)->header, Bytes((*d)->body.begin(), (*d)->body.end())};
-        inbox_.erase(inbox_.begin(), inbox_.begin() + static_cast<long>((*d)->consumed));
-        return p;
-      }
-      pollfd pfd{peer_.get(), POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
-      std::uint8_t buf[65536];
-      const ssize_t n = ::recv(peer_.get(), buf, sizeof buf, 0);
-      if (n <= 0) return std::nullopt;
-      inbox_.insert(inbox_.end(), buf, buf + n);
-    }
+    return peer_.read_packet(timeout);
   }
 
   // Reads until a packet that is not a credit message (credits are collected).
@@ -128,18 +93,7 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     }
   }
 
-  bool peer_sees_eof(std::chrono::milliseconds timeout) {
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      pollfd pfd{peer_.get(), POLLIN, 0};
-      if (::poll(&pfd, 1, 50) > 0) {
-        std::uint8_t buf[4096];
-        const ssize_t n = ::recv(peer_.get(), buf, sizeof buf, 0);
-        if (n <= 0) return true;
-      }
-    }
-    return false;
-  }
+  bool peer_sees_eof(std::chrono::milliseconds timeout) { return peer_.sees_eof(timeout); }
 
   void hello() {
     Hello h;
@@ -154,6 +108,8 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     ASSERT_TRUE(reply);
     ASSERT_EQ(reply->h.type, static_cast<std::uint32_t>(PacketType::reply));
     ASSERT_EQ(reply->h.status, 0u);
+    ASSERT_EQ(reply->h.serial, 1u);
+    hello_reply_ = reply->body;
   }
 
   RemoteError expect_error(const std::optional<Packet>& p, PacketType type, std::uint32_t serial) {
@@ -220,8 +176,8 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
   std::unique_ptr<Channel> channel_;
   std::thread thread_;
   std::vector<std::thread> echo_threads_;
-  unique_fd peer_;
-  Bytes inbox_;
+  testing::RawPeer peer_;
+  Bytes hello_reply_;
   std::map<std::string, std::string> targets_;
   std::uint64_t credits_ = 0;
   std::string dir_ = "/tmp/nbdtunnel-channel-test-" + std::to_string(::getpid());
@@ -231,8 +187,18 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
 };
 
 TEST_P(ChannelTest, HelloReplyCarriesOurLimits) {
-  start();
+  ChannelConfig c;
+  c.host_id = "dest-id";
+  c.hostname = "dest-host";
+  start(c);
   hello();
+  Result<Hello> ours = decode_hello(hello_reply_);
+  ASSERT_TRUE(ours) << ours.error().message;
+  EXPECT_EQ(ours->version, kProgramVersion);
+  EXPECT_EQ(ours->host_id, "dest-id");
+  EXPECT_EQ(ours->hostname, "dest-host");
+  EXPECT_EQ(ours->window, kMinWindow);  // what start() configured
+  EXPECT_EQ(ours->max_payload, ChannelConfig{}.chunk);
   expect_alive();
 }
 
