@@ -14,6 +14,7 @@
 #   --modes copy,splice     nbdtunnel copy modes (default: read from `nbdtunnel dest --help`)
 #                                                                    (BENCH_MODES)
 #   --nbdtunnel-args "..."  extra arguments for both roles, e.g. "--threads 2" (BENCH_NBDTUNNEL_ARGS)
+#   --baseline BIN          a second nbdtunnel binary: 'baseline:<mode>' runs interleaved with ours
 #   run bench/macro/run_bench.py --help for the rest.
 # Other:
 #   --micro                 also run the Google Benchmark micro-benchmarks (codecs, copy methods)
@@ -33,7 +34,7 @@ while (($#)); do
   case "$1" in
     --micro) micro=1 ;;
     --micro-only) micro=1; macro=0 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift

@@ -52,6 +52,8 @@ def parse_args():
     p.add_argument("--transports", default="direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm",
                    help="comma list; 'nbdtunnel' means every copy mode offered")
     p.add_argument("--modes", help="nbdtunnel copy modes to run (default: read from --help)")
+    p.add_argument("--baseline", help="a second nbdtunnel binary (e.g. a build of the previous commit): "
+                   "each nbdtunnel transport gets a 'baseline:<mode>' twin, interleaved in the same run")
     p.add_argument("--nbdtunnel-args", default="", help="extra arguments for both nbdtunnel roles")
     p.add_argument("--workdir", help="scratch directory (default /dev/shm/nbdtunnel-bench if it has room)")
     p.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
@@ -113,6 +115,9 @@ def make_transports(a, workdir):
             out.append(tp.Direct())
         elif w == "nbdtunnel":
             out += [tp.Nbdtunnel(a.nbdtunnel, m, roles, extra) for m in modes] or [tp.Nbdtunnel(a.nbdtunnel, None, (), extra)]
+            if a.baseline:
+                out += [tp.Nbdtunnel(a.baseline, m, roles, extra, "baseline") for m in modes] or [
+                    tp.Nbdtunnel(a.baseline, None, (), extra, "baseline")]
         elif w.startswith("nbdtunnel:"):
             out.append(tp.Nbdtunnel(a.nbdtunnel, w.split(":", 1)[1], roles or ("dest", "source"), extra))
         elif w == "socat":

@@ -33,13 +33,13 @@ class Direct:
 class Nbdtunnel:
     """nbdtunnel dest + nbdtunnel source on 127.0.0.1, one channel."""
 
-    def __init__(self, binary, mode=None, mode_roles=(), extra_args=()):
+    def __init__(self, binary, mode=None, mode_roles=(), extra_args=(), label="nbdtunnel"):
         self.binary = binary
         self.mode = mode
         self.mode_roles = mode_roles  # roles whose --help offers --copy-mode
         self.extra = list(extra_args)
-        self.name = f"nbdtunnel:{mode}" if mode else "nbdtunnel"
-        self.description = (f"nbdtunnel dest+source over TCP 127.0.0.1, "
+        self.name = f"{label}:{mode}" if mode else label
+        self.description = (f"{label} ({binary}) dest+source over TCP 127.0.0.1, "
                             f"copy mode {mode or 'default'}"
                             + (f", extra args {' '.join(self.extra)}" if self.extra else ""))
         self._procs = []
