@@ -150,7 +150,8 @@ TEST_F(WriteQueueTest, PartialWritesKeepTheBytesAndReturnLeasesOnlyWhenSent) {
 
 TEST_F(WriteQueueTest, NoRoomWaitsAndResumesWhenThereIs) {
   transport_.room = 0;
-  queue().push(BufferLease(owner_, 0, bytes(100, 0)));
+  const Bytes payload = bytes(100, 0);
+  queue().push(BufferLease(owner_, 0, payload));
   run();
   EXPECT_EQ(transport_.waits, 1);
   EXPECT_TRUE(queue().busy());
@@ -204,12 +205,13 @@ TEST_F(WriteQueueTest, ControlBytesPastTheBudgetAreRefused) {
 
 TEST_F(WriteQueueTest, CloseReturnsEveryLeaseUnsentAndRefusesMore) {
   transport_.room = 0;
-  queue().push(BufferLease(owner_, 0, bytes(10, 0)));
-  queue().push(BufferLease(owner_, 1, bytes(10, 0)));
+  const Bytes payload = bytes(10, 0);
+  queue().push(BufferLease(owner_, 0, payload));
+  queue().push(BufferLease(owner_, 1, payload));
   run();
   queue().close();
   EXPECT_EQ(owner_.returned, (std::vector<int>{0, 1}));
-  queue().push(BufferLease(owner_, 2, bytes(10, 0)));
+  queue().push(BufferLease(owner_, 2, payload));
   EXPECT_EQ(owner_.returned, (std::vector<int>{0, 1, 2}));  // dropped at once
   bool idle = false;
   queue().on_idle([&] { idle = true; });
@@ -223,8 +225,9 @@ TEST_F(WriteQueueTest, CloseReturnsEveryLeaseUnsentAndRefusesMore) {
 
 TEST_F(WriteQueueTest, WriteErrorIsReportedOnceAndDropsNothingSilently) {
   transport_.error = Error{std::make_error_code(std::errc::connection_reset), "send failed: reset"};
-  queue().push(BufferLease(owner_, 0, bytes(10, 0)));
-  ASSERT_TRUE(queue().push(bytes(10, 0)));
+  const Bytes payload = bytes(10, 0);
+  queue().push(BufferLease(owner_, 0, payload));
+  ASSERT_TRUE(queue().push(payload));
   run();
   ASSERT_EQ(failures_.size(), 1u);
   EXPECT_EQ(failures_[0], "send failed: reset");
