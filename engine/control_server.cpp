@@ -219,9 +219,9 @@ void ControlServer::start() {
   }
   // The same rules as every socket nbdtunnel creates: a stale file is replaced, a live socket or
   // anything else is refused, and the socket is never open wider than 0600.
-  std::string error;
-  tunnel::unique_fd fd = tunnel::listen_unix(s.path, 0600, error);
-  if (!fd) throw socket_error(s.path, error);
+  tunnel::Result<tunnel::unique_fd> listener = tunnel::listen_unix(s.path, 0600);
+  if (!listener) throw socket_error(s.path, listener.error().message);
+  tunnel::unique_fd fd = std::move(*listener);
   boost::system::error_code ec;
   local::acceptor acceptor(s.ex);
   if (::lstat(s.path.c_str(), &s.created) != 0) ec = errno_code();

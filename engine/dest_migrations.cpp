@@ -83,11 +83,12 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
     spdlog::warn("PREPARE refused: {}", msg);
     if (!alive.expired()) channel->reply_error(call, code, msg);
   };
-  tunnel::Prepare req;
-  if (std::string e = tunnel::decode_prepare(body, req); !e.empty()) {
-    fail(tunnel::ErrorCode::protocol, e);
+  tunnel::Result<tunnel::Prepare> decoded = tunnel::decode_prepare(body);
+  if (!decoded) {
+    fail(tunnel::ErrorCode::protocol, decoded.error().message);
     co_return;
   }
+  const tunnel::Prepare req = std::move(*decoded);
   if (qmp_path_.empty()) {
     fail(tunnel::ErrorCode::unsupported,
          "this destination daemon was started without --qmp, so it cannot prepare disks");
@@ -174,11 +175,14 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
                                                     tunnel::Channel* channel,
                                                     tunnel::PacketHeader call,
                                                     std::vector<std::uint8_t> body) {
-  tunnel::Finish req;
-  if (std::string e = tunnel::decode_finish(body, req); !e.empty()) {
-    if (!alive.expired()) channel->reply_error(call, tunnel::ErrorCode::protocol, e);
+  tunnel::Result<tunnel::Finish> decoded = tunnel::decode_finish(body);
+  if (!decoded) {
+    if (!alive.expired()) {
+      channel->reply_error(call, tunnel::ErrorCode::protocol, decoded.error().message);
+    }
     co_return;
   }
+  const tunnel::Finish req = std::move(*decoded);
   auto it = migrations_.find(req.migration_id);
   if (it == migrations_.end()) {
     if (!alive.expired()) {

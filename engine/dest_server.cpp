@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <cstring>
-
 namespace nbdtunnel::engine {
 
 DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOptions options)
@@ -14,11 +12,15 @@ DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOpti
       migrations_(io, options_.qmp_path, options_.run_dir) {}
 
 bool DestServer::start(std::string& error) {
-  tunnel::unique_fd fd = tunnel::listen_tcp(options_.listen, error, options_.reuse_port);
-  if (!fd) return false;
-  bound_ = tunnel::local_endpoint(fd.get());
+  tunnel::Result<tunnel::unique_fd> fd = tunnel::listen_tcp(options_.listen, options_.reuse_port);
+  if (!fd) {
+    error = fd.error().message;
+    return false;
+  }
+  bound_ = tunnel::local_endpoint(fd->get());
   acceptor_ = std::make_unique<tunnel::Acceptor>(
-      ring_, std::move(fd), [this](tunnel::unique_fd c, int e) { on_accept(std::move(c), e); });
+      ring_, std::move(*fd),
+      [this](tunnel::Result<tunnel::unique_fd> c) { on_accept(std::move(c)); });
   acceptor_->start();
   spdlog::info("listening on {}", bound_);
   for (const auto& [name, path] : options_.targets) {
@@ -44,11 +46,12 @@ std::optional<std::string> DestServer::resolve_target(const std::string& name,
   return it->second;
 }
 
-void DestServer::on_accept(tunnel::unique_fd client, int error) {
-  if (!client) {
-    spdlog::warn("accept on {} failed: {}", bound_, std::strerror(error));
+void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
+  if (!accepted) {
+    spdlog::warn("accept on {} failed: {}", bound_, accepted.error().code.message());
     return;
   }
+  tunnel::unique_fd client = std::move(*accepted);
   const std::string peer = tunnel::peer_endpoint(client.get());
   spdlog::info("channel from {} accepted", peer);
   tunnel::ChannelEvents events;

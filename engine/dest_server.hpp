@@ -35,7 +35,7 @@ class DestServer {
   const std::string& bound() const { return bound_; }
 
  private:
-  void on_accept(tunnel::unique_fd client, int error);
+  void on_accept(tunnel::Result<tunnel::unique_fd> accepted);
   std::optional<std::string> resolve_target(const std::string& name, std::string& error) const;
   void maybe_stopped();
 

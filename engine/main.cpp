@@ -280,8 +280,8 @@ int main(int argc, char** argv) {
   std::string error;
   if (dest->parsed()) {
     engine::DestOptions o;
-    auto ep = tunnel::parse_endpoint(listen, error);
-    if (!ep) return usage_error("--listen: " + error);
+    auto ep = tunnel::parse_endpoint(listen);
+    if (!ep) return usage_error("--listen: " + ep.error().message);
     o.listen = *ep;
     for (const std::string& t : targets) {
       auto kv = engine::parse_target(t, error);
@@ -309,16 +309,15 @@ int main(int argc, char** argv) {
     return run_role<engine::DestServer, engine::DestOptions>(
         std::move(o), threads, [](engine::DestOptions& next, const engine::DestServer& first) {
           // Every thread listens on the same port; the kernel spreads channels among them.
-          std::string ignored;
-          if (auto bound = tunnel::parse_endpoint(first.bound(), ignored)) {
+          if (auto bound = tunnel::parse_endpoint(first.bound())) {
             next.listen.port = bound->port;
           }
         });
   }
 
   if (migrate->parsed()) {
-    auto ep = tunnel::parse_endpoint(dest_ep, error);
-    if (!ep) return usage_error("--dest: " + error);
+    auto ep = tunnel::parse_endpoint(dest_ep);
+    if (!ep) return usage_error("--dest: " + ep.error().message);
     mo.dest = *ep;
     std::map<std::string, bool> seen_disk, seen_dest;
     for (const std::string& d : disks) {
@@ -349,8 +348,8 @@ int main(int argc, char** argv) {
   }
 
   engine::SourceOptions o;
-  auto ep = tunnel::parse_endpoint(connect, error);
-  if (!ep) return usage_error("--connect: " + error);
+  auto ep = tunnel::parse_endpoint(connect);
+  if (!ep) return usage_error("--connect: " + ep.error().message);
   o.connect = *ep;
   std::map<std::string, bool> seen;
   for (const std::string& f : forwards) {

@@ -244,9 +244,8 @@ awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_
                    if (r.ok) {
                      r.body.assign(b.begin(), b.end());
                    } else {
-                     tunnel::RemoteError e;
-                     const std::string err = tunnel::decode_remote_error(b, e);
-                     r.error = err.empty() ? e.message.value_or("no message") : err;
+                     tunnel::Result<tunnel::RemoteError> e = tunnel::decode_remote_error(b);
+                     r.error = e ? e->message.value_or("no message") : e.error().message;
                    }
                    *result = std::move(r);
                    timer->cancel();
@@ -350,11 +349,11 @@ awaitable<bool> Migration::run_checks() {
   tunnel::encode_prepare(body, req);
   CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 30s);
   if (r.ok) {
-    tunnel::PrepareResult pr;
-    if (std::string e = tunnel::decode_prepare_result(r.body, pr); !e.empty()) {
-      in.dest_error = "bad PREPARE reply: " + e;
+    tunnel::Result<tunnel::PrepareResult> pr = tunnel::decode_prepare_result(r.body);
+    if (!pr) {
+      in.dest_error = "bad PREPARE reply: " + pr.error().message;
     } else {
-      in.dest = std::move(pr);
+      in.dest = std::move(*pr);
     }
   } else {
     in.dest_error = "destination: " + r.error;
@@ -386,12 +385,13 @@ awaitable<void> Migration::prepare() {
   tunnel::encode_prepare(body, req);
   CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 60s);
   if (!r.ok) throw Failure(kMigrateFailed, "prepare", "", "destination: " + r.error);
-  tunnel::PrepareResult pr;
-  if (std::string e = tunnel::decode_prepare_result(r.body, pr); !e.empty() || pr.target.empty()) {
-    throw Failure(kMigrateFailed, "prepare", "", "bad PREPARE reply from the destination: " + e);
+  tunnel::Result<tunnel::PrepareResult> pr = tunnel::decode_prepare_result(r.body);
+  if (!pr || pr->target.empty()) {
+    throw Failure(kMigrateFailed, "prepare", "",
+                  "bad PREPARE reply from the destination: " + (pr ? "" : pr.error().message));
   }
   prepared_ = true;
-  dest_target_ = pr.target;
+  dest_target_ = pr->target;
 }
 
 void Migration::open_tunnel_socket() {
@@ -400,13 +400,13 @@ void Migration::open_tunnel_socket() {
     throw Failure(kMigrateFailed, "prepare", "", error);
   }
   tunnel_socket_ = tunnel_dir_.path() + "/nbd.sock";
-  tunnel::unique_fd fd = tunnel::listen_unix(tunnel_socket_, 0600, error);
-  if (!fd) throw Failure(kMigrateFailed, "prepare", "", error);
-  acceptor_ =
-      std::make_unique<tunnel::Acceptor>(ring_, std::move(fd), [this](tunnel::unique_fd c, int) {
+  tunnel::Result<tunnel::unique_fd> fd = tunnel::listen_unix(tunnel_socket_, 0600);
+  if (!fd) throw Failure(kMigrateFailed, "prepare", "", fd.error().message);
+  acceptor_ = std::make_unique<tunnel::Acceptor>(
+      ring_, std::move(*fd), [this](tunnel::Result<tunnel::unique_fd> c) {
         if (!c) return;
-        if (!channel_ || !channel_->ready() || cancel_requested_) return;  // closes c
-        channel_->open_stream(std::move(c), dest_target_, tunnel_socket_);
+        if (!channel_ || !channel_->ready() || cancel_requested_) return;  // closes *c
+        channel_->open_stream(std::move(*c), dest_target_, tunnel_socket_);
       });
   acceptor_->start();
 }

@@ -23,8 +23,9 @@ SourceForwarder::~SourceForwarder() {
 
 bool SourceForwarder::start(std::string& error) {
   for (const Forward& f : options_.forwards) {
-    tunnel::unique_fd fd = tunnel::listen_unix(f.path, options_.socket_mode, error);
+    tunnel::Result<tunnel::unique_fd> fd = tunnel::listen_unix(f.path, options_.socket_mode);
     if (!fd) {
+      error = fd.error().message;
       for (const std::string& p : created_paths_) ::unlink(p.c_str());
       created_paths_.clear();
       acceptors_.clear();
@@ -32,8 +33,8 @@ bool SourceForwarder::start(std::string& error) {
     }
     created_paths_.push_back(f.path);
     acceptors_.push_back(std::make_unique<tunnel::Acceptor>(
-        ring_, std::move(fd),
-        [this, &f](tunnel::unique_fd c, int e) { on_accept(f, std::move(c), e); }));
+        ring_, std::move(*fd),
+        [this, &f](tunnel::Result<tunnel::unique_fd> c) { on_accept(f, std::move(c)); }));
     spdlog::info("forwarding {} to target {}", f.path, f.target);
   }
   for (auto& a : acceptors_) a->start();
@@ -43,12 +44,15 @@ bool SourceForwarder::start(std::string& error) {
 
 void SourceForwarder::connect() {
   if (stopping_) return;
-  addresses_ = tunnel::resolve(options_.connect, last_error_);
-  if (addresses_.empty()) {
+  tunnel::Result<std::vector<tunnel::ResolvedAddress>> addresses =
+      tunnel::resolve(options_.connect);
+  if (!addresses) {
+    last_error_ = addresses.error().message;
     spdlog::warn("cannot connect to {}: {}", options_.connect.to_string(), last_error_);
     schedule_reconnect();
     return;
   }
+  addresses_ = std::move(*addresses);
   try_address(0);
 }
 
@@ -133,11 +137,12 @@ void SourceForwarder::schedule_reconnect() {
   });
 }
 
-void SourceForwarder::on_accept(const Forward& f, tunnel::unique_fd client, int error) {
-  if (!client) {
-    spdlog::warn("accept on {} failed: {}", f.path, std::strerror(error));
+void SourceForwarder::on_accept(const Forward& f, tunnel::Result<tunnel::unique_fd> accepted) {
+  if (!accepted) {
+    spdlog::warn("accept on {} failed: {}", f.path, accepted.error().code.message());
     return;
   }
+  tunnel::unique_fd client = std::move(*accepted);
   if (!channel_ || !channel_->ready()) {
     spdlog::warn("closing new connection on {}: the channel to {} is down ({})", f.path,
                  options_.connect.to_string(), last_error_.empty() ? "connecting" : last_error_);

@@ -50,7 +50,7 @@ class SourceForwarder {
   void on_connect(int res);
   void on_channel_closed(const std::string& reason);
   void schedule_reconnect();
-  void on_accept(const Forward& f, tunnel::unique_fd client, int error);
+  void on_accept(const Forward& f, tunnel::Result<tunnel::unique_fd> accepted);
   void maybe_stopped();
 
   boost::asio::io_context& io_;

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <optional>
 
 namespace nbdtunnel::tunnel {
 
@@ -16,22 +17,22 @@ std::string Endpoint::to_string() const {
                                              : fmt::format("{}:{}", host, port);
 }
 
-std::optional<Endpoint> parse_endpoint(const std::string& text, std::string& error) {
+Result<Endpoint> parse_endpoint(const std::string& text) {
   Endpoint ep;
   std::string port;
   if (!text.empty() && text.front() == '[') {
     const auto close = text.find(']');
     if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      error = fmt::format("'{}' is not HOST:PORT (IPv6 addresses are written [ADDR]:PORT)", text);
-      return std::nullopt;
+      return input_error(
+          fmt::format("'{}' is not HOST:PORT (IPv6 addresses are written [ADDR]:PORT)", text),
+          std::errc::invalid_argument);
     }
     ep.host = text.substr(1, close - 1);
     port = text.substr(close + 2);
   } else {
     const auto colon = text.rfind(':');
     if (colon == std::string::npos || text.find(':') != colon) {
-      error = fmt::format("'{}' is not HOST:PORT", text);
-      return std::nullopt;
+      return input_error(fmt::format("'{}' is not HOST:PORT", text), std::errc::invalid_argument);
     }
     ep.host = text.substr(0, colon);
     port = text.substr(colon + 1);
@@ -40,14 +41,15 @@ std::optional<Endpoint> parse_endpoint(const std::string& text, std::string& err
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (ep.host.empty() || port.empty() || ec != std::errc{} || end != port.data() + port.size() ||
       value > 65535) {
-    error = fmt::format("'{}' is not HOST:PORT with a port number from 0 to 65535", text);
-    return std::nullopt;
+    return input_error(
+        fmt::format("'{}' is not HOST:PORT with a port number from 0 to 65535", text),
+        std::errc::invalid_argument);
   }
   ep.port = static_cast<std::uint16_t>(value);
   return ep;
 }
 
-std::vector<ResolvedAddress> resolve(const Endpoint& ep, std::string& error) {
+Result<std::vector<ResolvedAddress>> resolve(const Endpoint& ep) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -55,8 +57,9 @@ std::vector<ResolvedAddress> resolve(const Endpoint& ep, std::string& error) {
   addrinfo* res = nullptr;
   const std::string port = std::to_string(ep.port);
   if (int rc = ::getaddrinfo(ep.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
-    error = fmt::format("cannot resolve '{}': {}", ep.host, ::gai_strerror(rc));
-    return {};
+    const std::string message = fmt::format("cannot resolve '{}': {}", ep.host, ::gai_strerror(rc));
+    if (rc == EAI_SYSTEM) return system_error(errno, message);
+    return input_error(message, std::errc::address_not_available);
   }
   std::vector<ResolvedAddress> out;
   for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
@@ -66,12 +69,18 @@ std::vector<ResolvedAddress> resolve(const Endpoint& ep, std::string& error) {
     out.push_back(a);
   }
   ::freeaddrinfo(res);
+  if (out.empty()) {
+    return input_error(fmt::format("no address for {}", ep.to_string()),
+                       std::errc::address_not_available);
+  }
   return out;
 }
 
-unique_fd listen_tcp(const Endpoint& ep, std::string& error, bool reuse_port) {
-  std::vector<ResolvedAddress> addrs = resolve(ep, error);
-  for (const ResolvedAddress& a : addrs) {
+Result<unique_fd> listen_tcp(const Endpoint& ep, bool reuse_port) {
+  Result<std::vector<ResolvedAddress>> addrs = resolve(ep);
+  if (!addrs) return addrs.error();
+  std::optional<Error> error;
+  for (const ResolvedAddress& a : *addrs) {
     unique_fd fd(::socket(a.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) continue;
     const int one = 1;
@@ -81,10 +90,10 @@ unique_fd listen_tcp(const Endpoint& ep, std::string& error, bool reuse_port) {
         ::listen(fd.get(), 128) == 0) {
       return fd;
     }
-    error = fmt::format("cannot listen on {}: {}", ep.to_string(), std::strerror(errno));
+    error = system_error(errno, fmt::format("cannot listen on {}", ep.to_string()));
   }
-  if (addrs.empty() && error.empty()) error = fmt::format("no address for {}", ep.to_string());
-  return {};
+  if (!error) error = input_error(fmt::format("no address for {}", ep.to_string()));
+  return *std::move(error);
 }
 
 namespace {

@@ -4,10 +4,10 @@
 #include <sys/socket.h>
 
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
+#include "tunnel/result.hpp"
 #include "tunnel/unique_fd.hpp"
 
 namespace nbdtunnel::tunnel {
@@ -18,19 +18,18 @@ struct Endpoint {
   std::string to_string() const;
 };
 
-// Parses HOST:PORT; returns nullopt and fills error on bad input.
-std::optional<Endpoint> parse_endpoint(const std::string& text, std::string& error);
+// Parses HOST:PORT; an input_error saying what is wrong on bad input.
+Result<Endpoint> parse_endpoint(const std::string& text);
 
 struct ResolvedAddress {
   sockaddr_storage addr{};
   socklen_t len = 0;
 };
-// Resolves host (numeric or name) to addresses for TCP. Empty with error filled on failure.
-std::vector<ResolvedAddress> resolve(const Endpoint& ep, std::string& error);
+// Resolves host (numeric or name) to at least one address for TCP.
+Result<std::vector<ResolvedAddress>> resolve(const Endpoint& ep);
 
-// A listening TCP socket bound to ep (SO_REUSEADDR; SO_REUSEPORT too if asked). Invalid with error
-// filled on failure.
-unique_fd listen_tcp(const Endpoint& ep, std::string& error, bool reuse_port = false);
+// A listening TCP socket bound to ep (SO_REUSEADDR; SO_REUSEPORT too if asked).
+Result<unique_fd> listen_tcp(const Endpoint& ep, bool reuse_port = false);
 // The local address of a bound socket, as HOST:PORT.
 std::string local_endpoint(int fd);
 // The peer address of a connected socket, as HOST:PORT.

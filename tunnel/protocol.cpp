@@ -20,8 +20,9 @@ void encode_hello(std::vector<std::uint8_t>& out, const Hello& h) {
   w.u32(h.max_payload);
 }
 
-std::string decode_hello(std::span<const std::uint8_t> body, Hello& h) {
+Result<Hello> decode_hello(std::span<const std::uint8_t> body) {
   XdrReader r(body);
+  Hello h;
   h.version = r.u32();
   h.features = r.u64();
   h.host_id = r.string(kMaxHostIdLen);
@@ -30,12 +31,14 @@ std::string decode_hello(std::span<const std::uint8_t> body, Hello& h) {
   h.max_payload = r.u32();
   if (!r.finish("HELLO body")) return r.error();
   if (h.window < kMinWindow || h.window > kMaxWindow) {
-    return fmt::format("HELLO window {} is outside [{}, {}]", h.window, kMinWindow, kMaxWindow);
+    return input_error(
+        fmt::format("HELLO window {} is outside [{}, {}]", h.window, kMinWindow, kMaxWindow));
   }
   if (h.max_payload == 0 || h.max_payload > kMaxStreamPayload) {
-    return fmt::format("HELLO max_payload {} is outside [1, {}]", h.max_payload, kMaxStreamPayload);
+    return input_error(
+        fmt::format("HELLO max_payload {} is outside [1, {}]", h.max_payload, kMaxStreamPayload));
   }
-  return {};
+  return h;
 }
 
 void encode_open_tunnel(std::vector<std::uint8_t>& out, const OpenTunnel& o) {
@@ -44,24 +47,25 @@ void encode_open_tunnel(std::vector<std::uint8_t>& out, const OpenTunnel& o) {
   w.u32(o.flags);
 }
 
-std::string decode_open_tunnel(std::span<const std::uint8_t> body, OpenTunnel& o) {
+Result<OpenTunnel> decode_open_tunnel(std::span<const std::uint8_t> body) {
   XdrReader r(body);
+  OpenTunnel o;
   o.target = r.string(kMaxTargetNameLen);
   o.flags = r.u32();
   if (!r.finish("OPEN_TUNNEL body")) return r.error();
-  if (o.target.empty()) return "OPEN_TUNNEL target name is empty";
-  return {};
+  if (o.target.empty()) return input_error("OPEN_TUNNEL target name is empty");
+  return o;
 }
 
 void encode_credit(std::vector<std::uint8_t>& out, std::uint32_t bytes) {
   XdrWriter(out).u32(bytes);
 }
 
-std::string decode_credit(std::span<const std::uint8_t> body, std::uint32_t& bytes) {
+Result<std::uint32_t> decode_credit(std::span<const std::uint8_t> body) {
   XdrReader r(body);
-  bytes = r.u32();
+  const std::uint32_t bytes = r.u32();
   if (!r.finish("STREAM_CREDIT body")) return r.error();
-  return {};
+  return bytes;
 }
 
 void encode_remote_error(std::vector<std::uint8_t>& out, const RemoteError& e) {
@@ -91,8 +95,9 @@ void skip_optional_object(XdrReader& r, bool has_id) {
 }
 }  // namespace
 
-std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError& e) {
+Result<RemoteError> decode_remote_error(std::span<const std::uint8_t> body) {
   XdrReader r(body);
+  RemoteError e;
   e.code = r.i32();
   e.domain = r.i32();
   e.message = r.optional_string(kMaxStringLen);
@@ -105,16 +110,15 @@ std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError&
   e.int2 = r.i32();
   skip_optional_object(r, false);
   if (!r.finish("remote_error body")) return r.error();
-  return {};
+  return e;
 }
 
 namespace {
-// Reads an XDR array length and checks it against the limit.
-std::uint32_t array_length(XdrReader& r, std::size_t max, const char* what, std::string& error) {
+// Reads an XDR array length and checks it against the limit (the reader's error wins).
+Result<std::uint32_t> array_length(XdrReader& r, std::size_t max, const char* what) {
   const std::uint32_t n = r.u32();
   if (r.ok() && n > max) {
-    error = fmt::format("{} lists {} entries, the limit is {}", what, n, max);
-    return 0;
+    return input_error(fmt::format("{} lists {} entries, the limit is {}", what, n, max));
   }
   return n;
 }
@@ -131,14 +135,13 @@ void encode_prepare(std::vector<std::uint8_t>& out, const Prepare& p) {
   w.u32(p.flags);
 }
 
-std::string decode_prepare(std::span<const std::uint8_t> body, Prepare& p) {
+Result<Prepare> decode_prepare(std::span<const std::uint8_t> body) {
   XdrReader r(body);
-  std::string error;
+  Prepare p;
   p.migration_id = r.string(kMaxMigrationIdLen);
-  const std::uint32_t n = array_length(r, kMaxDisks, "PREPARE", error);
-  if (!error.empty()) return error;
-  p.disks.clear();
-  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+  const Result<std::uint32_t> n = array_length(r, kMaxDisks, "PREPARE");
+  if (!n) return n.error();
+  for (std::uint32_t i = 0; i < *n && r.ok(); ++i) {
     PrepareDisk d;
     d.node = r.string(kMaxTargetNameLen);
     d.size = r.u64();
@@ -147,11 +150,11 @@ std::string decode_prepare(std::span<const std::uint8_t> body, Prepare& p) {
   p.flags = r.u32();
   if (!r.finish("PREPARE body")) return r.error();
   if (!valid_migration_id(p.migration_id)) {
-    return fmt::format("PREPARE migration id '{}' is not 1-{} of [A-Za-z0-9._-]", p.migration_id,
-                       kMaxMigrationIdLen);
+    return input_error(fmt::format("PREPARE migration id '{}' is not 1-{} of [A-Za-z0-9._-]",
+                                   p.migration_id, kMaxMigrationIdLen));
   }
-  if (p.disks.empty()) return "PREPARE names no disks";
-  return {};
+  if (p.disks.empty()) return input_error("PREPARE names no disks");
+  return p;
 }
 
 void encode_prepare_result(std::vector<std::uint8_t>& out, const PrepareResult& res) {
@@ -167,15 +170,14 @@ void encode_prepare_result(std::vector<std::uint8_t>& out, const PrepareResult& 
   }
 }
 
-std::string decode_prepare_result(std::span<const std::uint8_t> body, PrepareResult& res) {
+Result<PrepareResult> decode_prepare_result(std::span<const std::uint8_t> body) {
   XdrReader r(body);
-  std::string error;
+  PrepareResult res;
   res.qemu_version = r.string(kMaxHostIdLen);
   res.target = r.string(kMaxTargetNameLen);
-  const std::uint32_t n = array_length(r, kMaxDisks, "PREPARE reply", error);
-  if (!error.empty()) return error;
-  res.disks.clear();
-  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+  const Result<std::uint32_t> n = array_length(r, kMaxDisks, "PREPARE reply");
+  if (!n) return n.error();
+  for (std::uint32_t i = 0; i < *n && r.ok(); ++i) {
     DiskState d;
     d.node = r.string(kMaxTargetNameLen);
     d.exists = r.u32() != 0;
@@ -184,7 +186,7 @@ std::string decode_prepare_result(std::span<const std::uint8_t> body, PrepareRes
     res.disks.push_back(std::move(d));
   }
   if (!r.finish("PREPARE reply body")) return r.error();
-  return {};
+  return res;
 }
 
 void encode_finish(std::vector<std::uint8_t>& out, const Finish& f) {
@@ -193,15 +195,16 @@ void encode_finish(std::vector<std::uint8_t>& out, const Finish& f) {
   w.u32(f.flags);
 }
 
-std::string decode_finish(std::span<const std::uint8_t> body, Finish& f) {
+Result<Finish> decode_finish(std::span<const std::uint8_t> body) {
   XdrReader r(body);
+  Finish f;
   f.migration_id = r.string(kMaxMigrationIdLen);
   f.flags = r.u32();
   if (!r.finish("FINISH body")) return r.error();
   if (!valid_migration_id(f.migration_id)) {
-    return fmt::format("FINISH migration id '{}' is not valid", f.migration_id);
+    return input_error(fmt::format("FINISH migration id '{}' is not valid", f.migration_id));
   }
-  return {};
+  return f;
 }
 
 bool valid_migration_id(std::string_view id) {
@@ -217,6 +220,35 @@ RemoteError make_error(ErrorCode code, std::string message) {
   e.code = static_cast<std::int32_t>(code);
   e.message = std::move(message);
   return e;
+}
+
+// Transitional out-parameter forms (see protocol.hpp).
+std::string decode_hello(std::span<const std::uint8_t> body, Hello& h) {
+  Result<Hello> r = decode_hello(body);
+  if (!r) return r.error().message;
+  h = std::move(*r);
+  return {};
+}
+
+std::string decode_open_tunnel(std::span<const std::uint8_t> body, OpenTunnel& o) {
+  Result<OpenTunnel> r = decode_open_tunnel(body);
+  if (!r) return r.error().message;
+  o = std::move(*r);
+  return {};
+}
+
+std::string decode_credit(std::span<const std::uint8_t> body, std::uint32_t& bytes) {
+  Result<std::uint32_t> r = decode_credit(body);
+  if (!r) return r.error().message;
+  bytes = *r;
+  return {};
+}
+
+std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError& e) {
+  Result<RemoteError> r = decode_remote_error(body);
+  if (!r) return r.error().message;
+  e = std::move(*r);
+  return {};
 }
 
 }  // namespace nbdtunnel::tunnel

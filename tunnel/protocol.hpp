@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "tunnel/result.hpp"
+
 namespace nbdtunnel::tunnel {
 
 // Our own RPC program ("NBTU"), not libvirt's remote program 0x20008086.
@@ -129,23 +131,31 @@ struct Finish {
   std::uint32_t flags = 0;
 };
 
-// Each encode_* appends a body; each decode_* parses a whole body and returns an error text on
-// malformed input (empty string on success).
+// Each encode_* appends a body; each decode_* parses a whole body and returns it, or an
+// input_error saying what is malformed.
 void encode_hello(std::vector<std::uint8_t>& out, const Hello& h);
-std::string decode_hello(std::span<const std::uint8_t> body, Hello& h);
+Result<Hello> decode_hello(std::span<const std::uint8_t> body);
 void encode_open_tunnel(std::vector<std::uint8_t>& out, const OpenTunnel& o);
-std::string decode_open_tunnel(std::span<const std::uint8_t> body, OpenTunnel& o);
+Result<OpenTunnel> decode_open_tunnel(std::span<const std::uint8_t> body);
 void encode_credit(std::vector<std::uint8_t>& out, std::uint32_t bytes);
-std::string decode_credit(std::span<const std::uint8_t> body, std::uint32_t& bytes);
+Result<std::uint32_t> decode_credit(std::span<const std::uint8_t> body);
 void encode_remote_error(std::vector<std::uint8_t>& out, const RemoteError& e);
-std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError& e);
+Result<RemoteError> decode_remote_error(std::span<const std::uint8_t> body);
 
 void encode_prepare(std::vector<std::uint8_t>& out, const Prepare& p);
-std::string decode_prepare(std::span<const std::uint8_t> body, Prepare& p);
+Result<Prepare> decode_prepare(std::span<const std::uint8_t> body);
 void encode_prepare_result(std::vector<std::uint8_t>& out, const PrepareResult& r);
-std::string decode_prepare_result(std::span<const std::uint8_t> body, PrepareResult& r);
+Result<PrepareResult> decode_prepare_result(std::span<const std::uint8_t> body);
 void encode_finish(std::vector<std::uint8_t>& out, const Finish& f);
-std::string decode_finish(std::span<const std::uint8_t> body, Finish& f);
+Result<Finish> decode_finish(std::span<const std::uint8_t> body);
+
+// Transitional: the former out-parameter forms, returning the error message ("" on success).
+// Only tunnel/channel.cpp, tunnel/stream.cpp and tests/tunnel/channel_test.cpp still call them;
+// delete these once the channel code uses the Result forms above.
+std::string decode_hello(std::span<const std::uint8_t> body, Hello& h);
+std::string decode_open_tunnel(std::span<const std::uint8_t> body, OpenTunnel& o);
+std::string decode_credit(std::span<const std::uint8_t> body, std::uint32_t& bytes);
+std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError& e);
 
 RemoteError make_error(ErrorCode code, std::string message);
 

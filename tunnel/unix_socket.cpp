@@ -25,47 +25,52 @@ bool fill_address(const std::string& path, sockaddr_un& addr) {
 }
 }  // namespace
 
-unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error) {
+Result<unique_fd> listen_unix(const std::string& path, mode_t mode) {
   sockaddr_un addr;
   if (!fill_address(path, addr)) {
-    error = fmt::format("socket path '{}' is empty or longer than {} bytes", path, max_unix_path());
-    return {};
+    return input_error(
+        fmt::format("socket path '{}' is empty or longer than {} bytes", path, max_unix_path()),
+        std::errc::filename_too_long);
   }
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
-      error = fmt::format("{} exists and is not a socket; remove it or choose another path", path);
-      return {};
+      return input_error(
+          fmt::format("{} exists and is not a socket; remove it or choose another path", path),
+          std::errc::file_exists);
     }
     unique_fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (probe && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      error =
-          fmt::format("something is already listening on {}; stop it or choose another path", path);
-      return {};
+      return input_error(
+          fmt::format("something is already listening on {}; stop it or choose another path", path),
+          std::errc::address_in_use);
     }
     spdlog::info("replacing stale socket file {}", path);
     ::unlink(path.c_str());
   }
   unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) {
-    error = fmt::format("socket(): {}", std::strerror(errno));
-    return {};
-  }
+  if (!fd) return system_error(errno, "socket()");
   // Create it with no access, then open it up to exactly `mode`: no window with looser rights.
   const mode_t old_mask = ::umask(0777);
   const int rc = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   const int bind_errno = errno;
   ::umask(old_mask);
-  if (rc != 0) {
-    error = fmt::format("cannot bind {}: {}", path, std::strerror(bind_errno));
-    return {};
-  }
+  if (rc != 0) return system_error(bind_errno, fmt::format("cannot bind {}", path));
   if (::chmod(path.c_str(), mode) != 0 || ::listen(fd.get(), 128) != 0) {
-    error = fmt::format("cannot listen on {}: {}", path, std::strerror(errno));
+    Error error = system_error(errno, fmt::format("cannot listen on {}", path));
     ::unlink(path.c_str());
-    return {};
+    return error;
   }
   return fd;
+}
+
+unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error) {
+  Result<unique_fd> fd = listen_unix(path, mode);
+  if (!fd) {
+    error = fd.error().message;
+    return {};
+  }
+  return std::move(*fd);
 }
 
 Acceptor::Acceptor(Ring& ring, unique_fd listener, Handler on_accept)
@@ -90,9 +95,9 @@ void Acceptor::on_complete(int res) {
     return;
   }
   if (res >= 0) {
-    on_accept_(unique_fd(res), 0);
+    on_accept_(unique_fd(res));
   } else if (res != -EINTR && res != -ECONNABORTED && res != -EAGAIN) {
-    on_accept_(unique_fd{}, -res);
+    on_accept_(system_error(-res, "accept"));
     if (res == -EMFILE || res == -ENFILE) {
       // Accepting again at once would spin: pause 100 ms, then retry.
       spdlog::error("accept on fd {}: {}; retrying in 100 ms", listener_.get(),

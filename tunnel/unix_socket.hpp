@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 
+#include "tunnel/result.hpp"
 #include "tunnel/ring.hpp"
 #include "tunnel/unique_fd.hpp"
 
@@ -15,15 +16,17 @@ namespace nbdtunnel::tunnel {
 std::size_t max_unix_path();
 
 // Creates a listening UNIX socket at path with the given mode. Refuses a path where something
-// is listening or that is not a socket; replaces a stale socket file. Invalid fd + error on
-// failure.
+// is listening or that is not a socket; replaces a stale socket file.
+Result<unique_fd> listen_unix(const std::string& path, mode_t mode);
+// Transitional: the former form (invalid fd and error filled on failure), still called by
+// tests/tunnel/channel_test.cpp; delete once it uses the Result form.
 unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error);
 
 // Accepts connections on a listening socket, one accept in flight at a time.
 class Acceptor {
  public:
-  // on_accept gets each accepted socket, or an invalid fd and errno on failure.
-  using Handler = std::function<void(unique_fd client, int error)>;
+  // on_accept gets each accepted socket, or the error accept(2) returned.
+  using Handler = std::function<void(Result<unique_fd> client)>;
   Acceptor(Ring& ring, unique_fd listener, Handler on_accept);
   Acceptor(const Acceptor&) = delete;
   Acceptor& operator=(const Acceptor&) = delete;
@@ -32,7 +35,6 @@ class Acceptor {
   // Stops accepting; idle() turns true once the accept in flight has completed.
   void stop();
   bool idle() const { return !op_.busy() && !pause_op_.busy(); }
-  int fd() const { return listener_.get(); }
 
  private:
   void arm();

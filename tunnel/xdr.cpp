@@ -44,7 +44,7 @@ void XdrWriter::fixed_opaque(std::span<const std::uint8_t> bytes) {
 }
 
 void XdrReader::fail(std::string msg) {
-  if (error_.empty()) error_ = std::move(msg);
+  if (!error_) error_ = input_error(std::move(msg));
 }
 
 bool XdrReader::take(std::size_t n, std::string_view what) {

@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "tunnel/result.hpp"
+
 namespace nbdtunnel::tunnel {
 
 // Appends XDR items to a byte vector. Never fails.
@@ -32,7 +34,8 @@ class XdrWriter {
 };
 
 // Reads XDR items from a byte span. Every read is bounded; the first failure sticks, later reads
-// return zero values, and error() says what went wrong. Callers check ok() once at the end.
+// return zero values, and error() says what went wrong (an input_error). Callers check ok() once
+// at the end, e.g. `if (!r.finish("HELLO body")) return r.error();`.
 class XdrReader {
  public:
   explicit XdrReader(std::span<const std::uint8_t> in) : in_(in) {}
@@ -45,8 +48,9 @@ class XdrReader {
   std::optional<std::string> optional_string(std::size_t max_len);
   void fixed_opaque(std::span<std::uint8_t> out);
 
-  bool ok() const { return error_.empty(); }
-  const std::string& error() const { return error_; }
+  bool ok() const { return !error_; }
+  // The first failure; only valid when !ok().
+  const Error& error() const { return *error_; }
   std::size_t remaining() const { return in_.size() - pos_; }
   // Fails unless every byte was consumed: trailing bytes mean the peer and we disagree.
   bool finish(std::string_view what);
@@ -57,7 +61,7 @@ class XdrReader {
 
   std::span<const std::uint8_t> in_;
   std::size_t pos_ = 0;
-  std::string error_;
+  std::optional<Error> error_;
 };
 
 }  // namespace nbdtunnel::tunnel

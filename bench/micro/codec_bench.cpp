@@ -131,10 +131,12 @@ void BM_hello_roundtrip(benchmark::State& state) {
   for (auto _ : state) {
     buf.clear();
     tn::encode_hello(buf, h);
-    tn::Hello out;
-    std::string err = tn::decode_hello(buf, out);
-    benchmark::DoNotOptimize(out.window);
-    if (!err.empty()) state.SkipWithError(err.c_str());
+    tn::Result<tn::Hello> out = tn::decode_hello(buf);
+    if (!out) {
+      state.SkipWithError(out.error().message.c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(out->window);
   }
   state.SetItemsProcessed(state.iterations());
 }

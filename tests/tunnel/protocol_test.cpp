@@ -16,9 +16,9 @@ TEST(Protocol, GoldenOpenTunnelBody) {
       0,   0,   0,   0,                  // flags
   };
   EXPECT_EQ(body, expected);
-  OpenTunnel o;
-  EXPECT_EQ(decode_open_tunnel(body, o), "");
-  EXPECT_EQ(o.target, "disk0");
+  Result<OpenTunnel> o = decode_open_tunnel(body);
+  ASSERT_TRUE(o.ok()) << o.error().message;
+  EXPECT_EQ(o->target, "disk0");
 }
 
 TEST(Protocol, GoldenRemoteErrorBody) {
@@ -40,10 +40,10 @@ TEST(Protocol, GoldenRemoteErrorBody) {
       0,   0,   0,    0,     // net: absent
   };
   EXPECT_EQ(body, expected);
-  RemoteError e;
-  EXPECT_EQ(decode_remote_error(body, e), "");
-  EXPECT_EQ(e.code, 4);
-  EXPECT_EQ(e.message, "no");
+  Result<RemoteError> e = decode_remote_error(body);
+  ASSERT_TRUE(e.ok()) << e.error().message;
+  EXPECT_EQ(e->code, 4);
+  EXPECT_EQ(e->message, "no");
 }
 
 TEST(Protocol, RemoteErrorWithDomainObjectDecodes) {
@@ -53,10 +53,10 @@ TEST(Protocol, RemoteErrorWithDomainObjectDecodes) {
   body.insert(body.end(), 16, 0xab);      // uuid
   body.insert(body.end(), {0, 0, 0, 3});  // id
   body.insert(body.end(), 4 * 6, 0);      // str1..3 absent, int1, int2, net
-  RemoteError e;
-  EXPECT_EQ(decode_remote_error(body, e), "");
-  EXPECT_EQ(e.code, 1);
-  EXPECT_FALSE(e.message.has_value());
+  Result<RemoteError> e = decode_remote_error(body);
+  ASSERT_TRUE(e.ok()) << e.error().message;
+  EXPECT_EQ(e->code, 1);
+  EXPECT_FALSE(e->message.has_value());
 }
 
 TEST(Protocol, HelloRoundTrip) {
@@ -67,12 +67,12 @@ TEST(Protocol, HelloRoundTrip) {
   h.max_payload = 256u << 10;
   Bytes body;
   encode_hello(body, h);
-  Hello d;
-  EXPECT_EQ(decode_hello(body, d), "");
-  EXPECT_EQ(d.host_id, "abc");
-  EXPECT_EQ(d.hostname, "host-a");
-  EXPECT_EQ(d.window, h.window);
-  EXPECT_EQ(d.max_payload, h.max_payload);
+  Result<Hello> d = decode_hello(body);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(d->host_id, "abc");
+  EXPECT_EQ(d->hostname, "host-a");
+  EXPECT_EQ(d->window, h.window);
+  EXPECT_EQ(d->max_payload, h.max_payload);
 }
 
 TEST(Protocol, HelloWithWindowOutOfRangeIsRefused) {
@@ -81,8 +81,9 @@ TEST(Protocol, HelloWithWindowOutOfRangeIsRefused) {
   h.max_payload = 1024;
   Bytes body;
   encode_hello(body, h);
-  Hello d;
-  EXPECT_NE(decode_hello(body, d).find("window"), std::string::npos);
+  Result<Hello> d = decode_hello(body);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.error().message.find("window"), std::string::npos);
 }
 
 TEST(Protocol, TruncatedHelloIsRefused) {
@@ -92,31 +93,34 @@ TEST(Protocol, TruncatedHelloIsRefused) {
   Bytes body;
   encode_hello(body, h);
   for (std::size_t n = 0; n < body.size(); ++n) {
-    Hello d;
-    EXPECT_NE(decode_hello(std::span(body).first(n), d), "") << n;
+    Result<Hello> d = decode_hello(std::span(body).first(n));
+    ASSERT_FALSE(d.ok()) << n;
+    EXPECT_NE(d.error().message, "") << n;
   }
 }
 
 TEST(Protocol, OversizedTargetNameIsRefused) {
   Bytes body;
   encode_open_tunnel(body, OpenTunnel{std::string(300, 'x'), 0});
-  OpenTunnel o;
-  EXPECT_NE(decode_open_tunnel(body, o).find("exceeds the limit of 255"), std::string::npos);
+  Result<OpenTunnel> o = decode_open_tunnel(body);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.error().message.find("exceeds the limit of 255"), std::string::npos);
 }
 
 TEST(Protocol, EmptyTargetNameIsRefused) {
   Bytes body;
   encode_open_tunnel(body, OpenTunnel{"", 0});
-  OpenTunnel o;
-  EXPECT_NE(decode_open_tunnel(body, o), "");
+  Result<OpenTunnel> o = decode_open_tunnel(body);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.error().message, "");
 }
 
 TEST(Protocol, CreditBodyMustBeExactlyOneWord) {
-  std::uint32_t n = 0;
-  EXPECT_EQ(decode_credit(Bytes{0, 1, 0, 0}, n), "");
-  EXPECT_EQ(n, 65536u);
-  EXPECT_NE(decode_credit(Bytes{0, 1, 0}, n), "");
-  EXPECT_NE(decode_credit(Bytes{0, 1, 0, 0, 0}, n), "");
+  Result<std::uint32_t> n = decode_credit(Bytes{0, 1, 0, 0});
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, 65536u);
+  EXPECT_FALSE(decode_credit(Bytes{0, 1, 0}).ok());
+  EXPECT_FALSE(decode_credit(Bytes{0, 1, 0, 0, 0}).ok());
 }
 
 }  // namespace
@@ -140,16 +144,17 @@ TEST(Protocol, GoldenPrepareBody) {
       0, 0, 0, 1,                  // flags: CHECK_ONLY
   };
   EXPECT_EQ(body, expected);
-  Prepare d;
-  EXPECT_EQ(decode_prepare(body, d), "");
-  ASSERT_EQ(d.disks.size(), 1u);
-  EXPECT_EQ(d.disks[0].size, 0x100000000ull);
+  Result<Prepare> d = decode_prepare(body);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  ASSERT_EQ(d->disks.size(), 1u);
+  EXPECT_EQ(d->disks[0].size, 0x100000000ull);
 }
 
 TEST(Protocol, PrepareWithTooManyDisksIsRefusedBeforeReading) {
   std::vector<std::uint8_t> body = {0, 0, 0, 1, 'm', 0, 0, 0, 0xff, 0xff, 0xff, 0xff};
-  Prepare d;
-  EXPECT_NE(decode_prepare(body, d).find("the limit is 64"), std::string::npos);
+  Result<Prepare> d = decode_prepare(body);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.error().message.find("the limit is 64"), std::string::npos);
 }
 
 TEST(Protocol, MigrationIdsThatCouldEscapeAPathAreRefused) {
@@ -164,8 +169,9 @@ TEST(Protocol, MigrationIdsThatCouldEscapeAPathAreRefused) {
   p.disks.push_back({"d0", 1});
   std::vector<std::uint8_t> body;
   encode_prepare(body, p);
-  Prepare d;
-  EXPECT_NE(decode_prepare(body, d), "");
+  Result<Prepare> d = decode_prepare(body);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.error().message, "");
 }
 
 TEST(Protocol, PrepareResultRoundTrip) {
@@ -175,14 +181,16 @@ TEST(Protocol, PrepareResultRoundTrip) {
   r.disks.push_back({"d0", true, 4096, false});
   std::vector<std::uint8_t> body;
   encode_prepare_result(body, r);
-  PrepareResult d;
-  EXPECT_EQ(decode_prepare_result(body, d), "");
-  EXPECT_EQ(d.target, "migration/m1");
-  ASSERT_EQ(d.disks.size(), 1u);
-  EXPECT_TRUE(d.disks[0].exists);
-  EXPECT_FALSE(d.disks[0].writable);
+  Result<PrepareResult> d = decode_prepare_result(body);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(d->target, "migration/m1");
+  ASSERT_EQ(d->disks.size(), 1u);
+  EXPECT_TRUE(d->disks[0].exists);
+  EXPECT_FALSE(d->disks[0].writable);
   for (std::size_t n = 0; n < body.size(); ++n) {
-    EXPECT_NE(decode_prepare_result(std::span(body).first(n), d), "") << n;
+    Result<PrepareResult> truncated = decode_prepare_result(std::span(body).first(n));
+    ASSERT_FALSE(truncated.ok()) << n;
+    EXPECT_NE(truncated.error().message, "") << n;
   }
 }
 

@@ -36,7 +36,7 @@ TEST(Xdr, TruncatedIntegerIsAnError) {
   XdrReader r(in);
   EXPECT_EQ(r.u32(), 0u);
   EXPECT_FALSE(r.ok());
-  EXPECT_NE(r.error().find("truncated"), std::string::npos);
+  EXPECT_NE(r.error().message.find("truncated"), std::string::npos);
 }
 
 TEST(Xdr, TruncatedStringIsAnError) {
@@ -44,7 +44,7 @@ TEST(Xdr, TruncatedStringIsAnError) {
   XdrReader r(in);
   r.string(100);
   EXPECT_FALSE(r.ok());
-  EXPECT_NE(r.error().find("truncated"), std::string::npos);
+  EXPECT_NE(r.error().message.find("truncated"), std::string::npos);
 }
 
 TEST(Xdr, OversizedStringIsRefusedBeforeReading) {
@@ -53,7 +53,7 @@ TEST(Xdr, OversizedStringIsRefusedBeforeReading) {
   XdrReader r(in);
   EXPECT_EQ(r.string(255), "");
   EXPECT_FALSE(r.ok());
-  EXPECT_NE(r.error().find("exceeds the limit of 255"), std::string::npos);
+  EXPECT_NE(r.error().message.find("exceeds the limit of 255"), std::string::npos);
 }
 
 TEST(Xdr, MissingPaddingIsTruncation) {
@@ -75,17 +75,17 @@ TEST(Xdr, TrailingBytesFailFinish) {
   XdrReader r(in);
   r.u32();
   EXPECT_FALSE(r.finish("body"));
-  EXPECT_NE(r.error().find("trailing"), std::string::npos);
+  EXPECT_NE(r.error().message.find("trailing"), std::string::npos);
 }
 
 TEST(Xdr, FirstErrorSticks) {
   const std::vector<std::uint8_t> in = {0, 0};
   XdrReader r(in);
   r.u32();
-  const std::string first = r.error();
+  const std::string first = r.error().message;
   r.string(1);
   r.u64();
-  EXPECT_EQ(r.error(), first);
+  EXPECT_EQ(r.error().message, first);
 }
 
 }  // namespace
