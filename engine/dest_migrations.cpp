@@ -9,6 +9,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "engine/migration_protocol.hpp"
 #include "qmp/block_jobs.hpp"
 #include "qmp/qmp_error.hpp"
 
@@ -52,11 +53,17 @@ void DestMigrations::maybe_idle() {
 void DestMigrations::on_call(tunnel::Channel& channel, const tunnel::PacketHeader& call,
                              std::span<const std::uint8_t> body) {
   std::vector<std::uint8_t> copy(body.begin(), body.end());
-  if (call.procedure == static_cast<std::uint32_t>(tunnel::Proc::prepare)) {
-    spawn(prepare(channel.liveness(), &channel, call, std::move(copy)));
-  } else {
-    spawn(finish(channel.liveness(), &channel, call, std::move(copy)));
+  switch (static_cast<MigrationProc>(call.procedure)) {
+    case MigrationProc::prepare:
+      spawn(prepare(channel.liveness(), &channel, call, std::move(copy)));
+      return;
+    case MigrationProc::finish:
+      spawn(finish(channel.liveness(), &channel, call, std::move(copy)));
+      return;
   }
+  // The channel forwards every call it does not serve itself: what is not ours is unknown.
+  channel.reply_error(call, tunnel::ErrorCode::unsupported,
+                      fmt::format("unknown procedure {}", call.procedure));
 }
 
 std::optional<std::string> DestMigrations::resolve(const std::string& target) const {
@@ -83,18 +90,18 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
     spdlog::warn("PREPARE refused: {}", msg);
     if (!alive.expired()) channel->reply_error(call, code, msg);
   };
-  tunnel::Result<tunnel::Prepare> decoded = tunnel::decode_prepare(body);
+  tunnel::Result<Prepare> decoded = decode_prepare(body);
   if (!decoded) {
     fail(tunnel::ErrorCode::protocol, decoded.error().message);
     co_return;
   }
-  const tunnel::Prepare req = std::move(*decoded);
+  const Prepare req = std::move(*decoded);
   if (qmp_path_.empty()) {
     fail(tunnel::ErrorCode::unsupported,
          "this destination daemon was started without --qmp, so it cannot prepare disks");
     co_return;
   }
-  const bool check_only = (req.flags & tunnel::kPrepareCheckOnly) != 0;
+  const bool check_only = (req.flags & kPrepareCheckOnly) != 0;
   if (!check_only && !migrations_.empty()) {
     fail(tunnel::ErrorCode::limit,
          fmt::format("the destination QEMU is already serving migration '{}'",
@@ -106,12 +113,12 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
   m.owner = channel;
   try {
     qmp::QmpClient& q = *co_await client();
-    tunnel::PrepareResult result;
+    PrepareResult result;
     result.qemu_version = q.qemu_version();
     const auto nodes = co_await qmp::query_named_block_nodes(q);
     std::string problems;
-    for (const tunnel::PrepareDisk& d : req.disks) {
-      tunnel::DiskState s;
+    for (const PrepareDisk& d : req.disks) {
+      DestDiskReport s;
       s.node = d.node;
       for (const auto& n : nodes) {
         if (n.node_name == d.node) {
@@ -159,7 +166,7 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
       co_return;
     }
     std::vector<std::uint8_t> out;
-    tunnel::encode_prepare_result(out, result);
+    encode_prepare_result(out, result);
     channel->reply(call, out);
   } catch (const std::exception& e) {
     const std::string msg = fmt::format("destination QEMU ({}): {}", qmp_path_, e.what());
@@ -175,14 +182,14 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
                                                     tunnel::Channel* channel,
                                                     tunnel::PacketHeader call,
                                                     std::vector<std::uint8_t> body) {
-  tunnel::Result<tunnel::Finish> decoded = tunnel::decode_finish(body);
+  tunnel::Result<Finish> decoded = decode_finish(body);
   if (!decoded) {
     if (!alive.expired()) {
       channel->reply_error(call, tunnel::ErrorCode::protocol, decoded.error().message);
     }
     co_return;
   }
-  const tunnel::Finish req = std::move(*decoded);
+  const Finish req = std::move(*decoded);
   auto it = migrations_.find(req.migration_id);
   if (it == migrations_.end()) {
     if (!alive.expired()) {
@@ -193,7 +200,7 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
   }
   Migration m = it->second;
   migrations_.erase(it);
-  const bool abort = (req.flags & tunnel::kFinishAbort) != 0;
+  const bool abort = (req.flags & kFinishAbort) != 0;
   co_await teardown(m, abort ? "aborted by the source" : "finished");
   if (!alive.expired()) channel->reply(call);
 }

@@ -25,7 +25,7 @@ class DestMigrations {
   DestMigrations(boost::asio::io_context& io, std::string qmp_path, std::string run_dir);
   ~DestMigrations();
 
-  // Serves a PREPARE or FINISH call arriving on channel.
+  // Serves a call the channel forwarded: PREPARE, FINISH, and ERROR (unsupported) to any other.
   void on_call(tunnel::Channel& channel, const tunnel::PacketHeader& call,
                std::span<const std::uint8_t> body);
   // The socket for an OPEN_TUNNEL target "migration/<id>", if such a migration is prepared.

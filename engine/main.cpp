@@ -21,6 +21,7 @@
 #include "engine/dest_server.hpp"
 #include "engine/host_identity.hpp"
 #include "engine/migration.hpp"
+#include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
 #include "engine/source_forwarder.hpp"
 
@@ -331,14 +332,14 @@ int main(int argc, char** argv) {
       seen_disk[kv->first] = seen_dest[kv->second] = true;
       mo.disks.push_back({kv->first, kv->second});
     }
-    if (!mo.migration_id.empty() && !tunnel::valid_migration_id(mo.migration_id)) {
+    if (!mo.migration_id.empty() && !engine::valid_migration_id(mo.migration_id)) {
       return usage_error(
           fmt::format("--id '{}': use 1 to {} letters, digits, '.', '_' or '-', starting with a "
                       "letter or digit",
-                      mo.migration_id, tunnel::kMaxMigrationIdLen));
+                      mo.migration_id, engine::kMaxMigrationIdLen));
     }
-    if (mo.disks.size() > tunnel::kMaxDisks) {
-      return usage_error(fmt::format("at most {} disks per migration", tunnel::kMaxDisks));
+    if (mo.disks.size() > engine::kMaxDisks) {
+      return usage_error(fmt::format("at most {} disks per migration", engine::kMaxDisks));
     }
     mo.finish_sync = finish_mode == "sync";
     mo.connect_timeout = std::chrono::milliseconds(static_cast<long>(connect_timeout * 1000));

@@ -20,6 +20,7 @@
 
 #include "engine/control_server.hpp"
 #include "engine/host_identity.hpp"
+#include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
 #include "engine/progress.hpp"
 #include "qmp/block_jobs.hpp"
@@ -122,7 +123,7 @@ class Migration {
   awaitable<void> complete();
   awaitable<void> cleanup();
   awaitable<void> detach(std::string node, bool& added);
-  awaitable<CallResult> call(tunnel::Proc proc, std::vector<std::uint8_t> body,
+  awaitable<CallResult> call(MigrationProc proc, std::vector<std::uint8_t> body,
                              std::chrono::milliseconds timeout);
   awaitable<void> poll_progress();
   awaitable<void> nap(std::chrono::milliseconds d);
@@ -228,7 +229,7 @@ void Migration::check_failures(const std::string& phase) {
   }
 }
 
-awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_t> body,
+awaitable<CallResult> Migration::call(MigrationProc proc, std::vector<std::uint8_t> body,
                                       std::chrono::milliseconds timeout) {
   CallResult out;
   if (!channel_ || channel_closed_) {
@@ -237,7 +238,7 @@ awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_
   }
   auto result = std::make_shared<std::optional<CallResult>>();
   auto timer = std::make_shared<asio::steady_timer>(io_, timeout);
-  channel_->call(proc, body,
+  channel_->call(channel_proc(proc), body,
                  [result, timer](const tunnel::PacketHeader& h, std::span<const std::uint8_t> b) {
                    CallResult r;
                    r.ok = h.status == static_cast<std::uint32_t>(tunnel::PacketStatus::ok);
@@ -341,15 +342,15 @@ awaitable<bool> Migration::run_checks() {
     }
     d.size = *size;
   }
-  tunnel::Prepare req;
+  Prepare req;
   req.migration_id = o_.migration_id;
-  req.flags = tunnel::kPrepareCheckOnly;
+  req.flags = kPrepareCheckOnly;
   for (const DiskState& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
   std::vector<std::uint8_t> body;
-  tunnel::encode_prepare(body, req);
-  CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 30s);
+  encode_prepare(body, req);
+  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 30s);
   if (r.ok) {
-    tunnel::Result<tunnel::PrepareResult> pr = tunnel::decode_prepare_result(r.body);
+    tunnel::Result<PrepareResult> pr = decode_prepare_result(r.body);
     if (!pr) {
       in.dest_error = "bad PREPARE reply: " + pr.error().message;
     } else {
@@ -378,14 +379,14 @@ awaitable<bool> Migration::run_checks() {
 
 awaitable<void> Migration::prepare() {
   set_phase("prepare");
-  tunnel::Prepare req;
+  Prepare req;
   req.migration_id = o_.migration_id;
   for (const DiskState& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
   std::vector<std::uint8_t> body;
-  tunnel::encode_prepare(body, req);
-  CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 60s);
+  encode_prepare(body, req);
+  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 60s);
   if (!r.ok) throw Failure(kMigrateFailed, "prepare", "", "destination: " + r.error);
-  tunnel::Result<tunnel::PrepareResult> pr = tunnel::decode_prepare_result(r.body);
+  tunnel::Result<PrepareResult> pr = decode_prepare_result(r.body);
   if (!pr || pr->target.empty()) {
     throw Failure(kMigrateFailed, "prepare", "",
                   "bad PREPARE reply from the destination: " + (pr ? "" : pr.error().message));
@@ -537,8 +538,8 @@ awaitable<void> Migration::complete() {
     }
   }
   std::vector<std::uint8_t> body;
-  tunnel::encode_finish(body, tunnel::Finish{o_.migration_id, 0});
-  CallResult r = co_await call(tunnel::Proc::finish, std::move(body), 60s);
+  encode_finish(body, Finish{o_.migration_id, 0});
+  CallResult r = co_await call(MigrationProc::finish, std::move(body), 60s);
   if (!r.ok) throw Failure(kMigrateFailed, "finishing", "", "destination FINISH: " + r.error);
   prepared_ = false;
 }
@@ -580,8 +581,8 @@ awaitable<void> Migration::cleanup() {
   }
   if (prepared_ && channel_ && !channel_closed_) {
     std::vector<std::uint8_t> body;
-    tunnel::encode_finish(body, tunnel::Finish{o_.migration_id, tunnel::kFinishAbort});
-    CallResult r = co_await call(tunnel::Proc::finish, std::move(body), 30s);
+    encode_finish(body, Finish{o_.migration_id, kFinishAbort});
+    CallResult r = co_await call(MigrationProc::finish, std::move(body), 30s);
     if (!r.ok) spdlog::warn("cleanup: destination FINISH (abort): {}", r.error);
     prepared_ = false;
   }
