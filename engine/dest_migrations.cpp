@@ -108,7 +108,7 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
                      migrations_.begin()->first));
     co_return;
   }
-  Migration m;
+  PreparedMigration m;
   m.id = req.migration_id;
   m.owner = channel;
   try {
@@ -198,14 +198,14 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
     }
     co_return;
   }
-  Migration m = it->second;
+  PreparedMigration m = it->second;
   migrations_.erase(it);
   const bool abort = (req.flags & kFinishAbort) != 0;
   co_await teardown(m, abort ? "aborted by the source" : "finished");
   if (!alive.expired()) channel->reply(call);
 }
 
-boost::asio::awaitable<void> DestMigrations::teardown(Migration m, std::string why) {
+boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::string why) {
   spdlog::info("migration '{}': removing its exports ({})", m.id, why);
   try {
     qmp::QmpClient& q = *co_await client();
