@@ -228,7 +228,7 @@ boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::
 }
 
 // Removes one block export, dropping its clients, and waits until QEMU says it is gone.
-// Everything passed to a co_await is a named local: GCC 12 double-destroys temporaries there.
+// Arguments are named locals: see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.
 boost::asio::awaitable<void> DestMigrations::remove_export(qmp::QmpClient& q,
                                                            const std::string& id) {
   nlohmann::json args = nlohmann::json::object();
@@ -260,7 +260,6 @@ std::vector<std::string> export_ids(const nlohmann::json& exports) {
 // Any other server is someone else's and is left alone.
 boost::asio::awaitable<void> DestMigrations::start_server(qmp::QmpClient& q, std::string socket) {
   std::string path = socket;  // kept for the retry
-  // No temporaries inside a co_await that throws: GCC 12 destroys them twice.
   std::string failure;
   try {
     co_await qmp::nbd_server_start_unix(q, std::move(socket));
@@ -271,7 +270,6 @@ boost::asio::awaitable<void> DestMigrations::start_server(qmp::QmpClient& q, std
   if (failure.find("already running") == std::string::npos) {
     throw std::runtime_error("nbd-server-start: " + failure);
   }
-  // Named locals, not temporaries inside the co_await: GCC 12 double-frees those.
   nlohmann::json no_args = nlohmann::json::object();
   const nlohmann::json exports = co_await q.execute("query-block-exports", std::move(no_args));
   const std::vector<std::string> ids = export_ids(exports);

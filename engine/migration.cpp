@@ -73,8 +73,8 @@ struct DiskCopy {
   std::chrono::steady_clock::time_point sampled{};
 };
 
-// blockdev-add arguments of a raw node showing the first `size` bytes of `file`. Built outside
-// any coroutine: GCC 12 miscompiles braced JSON initialisers inside coroutines.
+// blockdev-add arguments of a raw node showing the first `size` bytes of `file`. Not a coroutine:
+// see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.
 json raw_view_args(const std::string& node, const std::string& file, std::uint64_t size) {
   json args = json::object();
   args["driver"] = "raw";
@@ -277,8 +277,9 @@ awaitable<void> MigrationRun::connect_dest() {
   using namespace asio::experimental::awaitable_operators;
   const std::string where = o_.dest.to_string();
   asio::ip::tcp::resolver resolver(io_);
-  auto [rec, results] = co_await resolver.async_resolve(o_.dest.host, std::to_string(o_.dest.port),
-                                                        asio::as_tuple(use_awaitable));
+  const std::string port = std::to_string(o_.dest.port);  // a named local: see raw_view_args
+  auto [rec, results] =
+      co_await resolver.async_resolve(o_.dest.host, port, asio::as_tuple(use_awaitable));
   if (rec) {
     throw Failure(kMigrateUsage, "connect", "",
                   fmt::format("destination {}: cannot resolve: {}", where, rec.message()));
