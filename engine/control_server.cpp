@@ -92,7 +92,7 @@ struct Request {
 };
 
 // Parses one request line; false with `error` set to the reply if it is not a valid command.
-// (Kept out of the coroutines: GCC 12 mishandles braced temporaries inside them.)
+// (Not a coroutine: see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.)
 bool parse_request(const std::string& line, Request& request, json& error) {
   json j;
   try {

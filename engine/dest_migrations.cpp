@@ -9,6 +9,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "engine/migration_protocol.hpp"
 #include "qmp/block_jobs.hpp"
 #include "qmp/qmp_error.hpp"
 
@@ -52,11 +53,17 @@ void DestMigrations::maybe_idle() {
 void DestMigrations::on_call(tunnel::Channel& channel, const tunnel::PacketHeader& call,
                              std::span<const std::uint8_t> body) {
   std::vector<std::uint8_t> copy(body.begin(), body.end());
-  if (call.procedure == static_cast<std::uint32_t>(tunnel::Proc::prepare)) {
-    spawn(prepare(channel.liveness(), &channel, call, std::move(copy)));
-  } else {
-    spawn(finish(channel.liveness(), &channel, call, std::move(copy)));
+  switch (static_cast<MigrationProc>(call.procedure)) {
+    case MigrationProc::prepare:
+      spawn(prepare(channel.liveness(), &channel, call, std::move(copy)));
+      return;
+    case MigrationProc::finish:
+      spawn(finish(channel.liveness(), &channel, call, std::move(copy)));
+      return;
   }
+  // The channel forwards every call it does not serve itself: what is not ours is unknown.
+  channel.reply_error(call, tunnel::ErrorCode::unsupported,
+                      fmt::format("unknown procedure {}", call.procedure));
 }
 
 std::optional<std::string> DestMigrations::resolve(const std::string& target) const {
@@ -83,35 +90,35 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
     spdlog::warn("PREPARE refused: {}", msg);
     if (!alive.expired()) channel->reply_error(call, code, msg);
   };
-  tunnel::Result<tunnel::Prepare> decoded = tunnel::decode_prepare(body);
+  tunnel::Result<Prepare> decoded = decode_prepare(body);
   if (!decoded) {
     fail(tunnel::ErrorCode::protocol, decoded.error().message);
     co_return;
   }
-  const tunnel::Prepare req = std::move(*decoded);
+  const Prepare req = std::move(*decoded);
   if (qmp_path_.empty()) {
     fail(tunnel::ErrorCode::unsupported,
          "this destination daemon was started without --qmp, so it cannot prepare disks");
     co_return;
   }
-  const bool check_only = (req.flags & tunnel::kPrepareCheckOnly) != 0;
+  const bool check_only = (req.flags & kPrepareCheckOnly) != 0;
   if (!check_only && !migrations_.empty()) {
     fail(tunnel::ErrorCode::limit,
          fmt::format("the destination QEMU is already serving migration '{}'",
                      migrations_.begin()->first));
     co_return;
   }
-  Migration m;
+  PreparedMigration m;
   m.id = req.migration_id;
   m.owner = channel;
   try {
     qmp::QmpClient& q = *co_await client();
-    tunnel::PrepareResult result;
+    PrepareResult result;
     result.qemu_version = q.qemu_version();
     const auto nodes = co_await qmp::query_named_block_nodes(q);
     std::string problems;
-    for (const tunnel::PrepareDisk& d : req.disks) {
-      tunnel::DiskState s;
+    for (const PrepareDisk& d : req.disks) {
+      DestDiskReport s;
       s.node = d.node;
       for (const auto& n : nodes) {
         if (n.node_name == d.node) {
@@ -159,7 +166,7 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
       co_return;
     }
     std::vector<std::uint8_t> out;
-    tunnel::encode_prepare_result(out, result);
+    encode_prepare_result(out, result);
     channel->reply(call, out);
   } catch (const std::exception& e) {
     const std::string msg = fmt::format("destination QEMU ({}): {}", qmp_path_, e.what());
@@ -175,14 +182,14 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
                                                     tunnel::Channel* channel,
                                                     tunnel::PacketHeader call,
                                                     std::vector<std::uint8_t> body) {
-  tunnel::Result<tunnel::Finish> decoded = tunnel::decode_finish(body);
+  tunnel::Result<Finish> decoded = decode_finish(body);
   if (!decoded) {
     if (!alive.expired()) {
       channel->reply_error(call, tunnel::ErrorCode::protocol, decoded.error().message);
     }
     co_return;
   }
-  const tunnel::Finish req = std::move(*decoded);
+  const Finish req = std::move(*decoded);
   auto it = migrations_.find(req.migration_id);
   if (it == migrations_.end()) {
     if (!alive.expired()) {
@@ -191,14 +198,14 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
     }
     co_return;
   }
-  Migration m = it->second;
+  PreparedMigration m = it->second;
   migrations_.erase(it);
-  const bool abort = (req.flags & tunnel::kFinishAbort) != 0;
+  const bool abort = (req.flags & kFinishAbort) != 0;
   co_await teardown(m, abort ? "aborted by the source" : "finished");
   if (!alive.expired()) channel->reply(call);
 }
 
-boost::asio::awaitable<void> DestMigrations::teardown(Migration m, std::string why) {
+boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::string why) {
   spdlog::info("migration '{}': removing its exports ({})", m.id, why);
   try {
     qmp::QmpClient& q = *co_await client();
@@ -221,7 +228,7 @@ boost::asio::awaitable<void> DestMigrations::teardown(Migration m, std::string w
 }
 
 // Removes one block export, dropping its clients, and waits until QEMU says it is gone.
-// Everything passed to a co_await is a named local: GCC 12 double-destroys temporaries there.
+// Arguments are named locals: see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.
 boost::asio::awaitable<void> DestMigrations::remove_export(qmp::QmpClient& q,
                                                            const std::string& id) {
   nlohmann::json args = nlohmann::json::object();
@@ -253,7 +260,6 @@ std::vector<std::string> export_ids(const nlohmann::json& exports) {
 // Any other server is someone else's and is left alone.
 boost::asio::awaitable<void> DestMigrations::start_server(qmp::QmpClient& q, std::string socket) {
   std::string path = socket;  // kept for the retry
-  // No temporaries inside a co_await that throws: GCC 12 destroys them twice.
   std::string failure;
   try {
     co_await qmp::nbd_server_start_unix(q, std::move(socket));
@@ -264,7 +270,6 @@ boost::asio::awaitable<void> DestMigrations::start_server(qmp::QmpClient& q, std
   if (failure.find("already running") == std::string::npos) {
     throw std::runtime_error("nbd-server-start: " + failure);
   }
-  // Named locals, not temporaries inside the co_await: GCC 12 double-frees those.
   nlohmann::json no_args = nlohmann::json::object();
   const nlohmann::json exports = co_await q.execute("query-block-exports", std::move(no_args));
   const std::vector<std::string> ids = export_ids(exports);

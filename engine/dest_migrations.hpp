@@ -25,7 +25,7 @@ class DestMigrations {
   DestMigrations(boost::asio::io_context& io, std::string qmp_path, std::string run_dir);
   ~DestMigrations();
 
-  // Serves a PREPARE or FINISH call arriving on channel.
+  // Serves a call the channel forwarded: PREPARE, FINISH, and ERROR (unsupported) to any other.
   void on_call(tunnel::Channel& channel, const tunnel::PacketHeader& call,
                std::span<const std::uint8_t> body);
   // The socket for an OPEN_TUNNEL target "migration/<id>", if such a migration is prepared.
@@ -37,7 +37,8 @@ class DestMigrations {
   bool idle() const { return migrations_.empty() && busy_ == 0; }
 
  private:
-  struct Migration {
+  // What PREPARE created for one migration, so that FINISH removes exactly that.
+  struct PreparedMigration {
     std::string id;
     const tunnel::Channel* owner = nullptr;
     std::string socket;
@@ -49,7 +50,7 @@ class DestMigrations {
                                        tunnel::PacketHeader call, std::vector<std::uint8_t> body);
   boost::asio::awaitable<void> finish(std::weak_ptr<bool> alive, tunnel::Channel* channel,
                                       tunnel::PacketHeader call, std::vector<std::uint8_t> body);
-  boost::asio::awaitable<void> teardown(Migration m, std::string why);
+  boost::asio::awaitable<void> teardown(PreparedMigration m, std::string why);
   boost::asio::awaitable<void> remove_export(qmp::QmpClient& q, const std::string& id);
   boost::asio::awaitable<void> start_server(qmp::QmpClient& q, std::string socket);
   boost::asio::awaitable<qmp::QmpClient*> client();
@@ -60,7 +61,7 @@ class DestMigrations {
   std::string qmp_path_;
   std::string run_dir_;
   std::unique_ptr<qmp::QmpClient> qmp_;
-  std::map<std::string, Migration> migrations_;
+  std::map<std::string, PreparedMigration> migrations_;
   int busy_ = 0;  // coroutines in flight
   std::function<void()> on_idle_;
 };

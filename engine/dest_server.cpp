@@ -75,7 +75,6 @@ void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
 }
 
 void DestServer::stop(std::function<void()> done) {
-  stopping_ = true;
   on_stopped_ = std::move(done);
   if (acceptor_) acceptor_->stop();
   std::vector<tunnel::Channel*> open;

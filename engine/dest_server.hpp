@@ -46,7 +46,6 @@ class DestServer {
   std::unique_ptr<tunnel::Acceptor> acceptor_;
   std::map<tunnel::Channel*, std::unique_ptr<tunnel::Channel>> channels_;
   DestMigrations migrations_;
-  bool stopping_ = false;
   std::function<void()> on_stopped_;
 };
 

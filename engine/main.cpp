@@ -1,5 +1,6 @@
-// The nbdtunnel command: `dest`, `source` (and, later, `migrate`).
+// The nbdtunnel command: `dest`, `source` and `migrate`, one function pair (options, run) each.
 
+#include <fmt/format.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -21,6 +22,7 @@
 #include "engine/dest_server.hpp"
 #include "engine/host_identity.hpp"
 #include "engine/migration.hpp"
+#include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
 #include "engine/source_forwarder.hpp"
 
@@ -161,71 +163,139 @@ int usage_error(const std::string& message) {
   return kExitUsage;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  ::signal(SIGPIPE, SIG_IGN);
-  CLI::App app{
-      "nbdtunnel carries QEMU's NBD (disk mirror) and migration connections between two hosts\n"
-      "over one multiplexed, flow-controlled channel framed like libvirt's RPC protocol.\n"
-      "Run `nbdtunnel dest` on the destination host; on the source host run `nbdtunnel source`\n"
-      "(a standing tunnel for QEMU or libvirt) or `nbdtunnel migrate` (a whole storage "
-      "migration)."};
-  app.set_version_flag("--version", std::string("nbdtunnel ") + NBDTUNNEL_VERSION);
-  app.require_subcommand(1);
-  app.footer("Run `nbdtunnel COMMAND --help` for the options of one command.");
-
-  CommonOptions dest_common;
+// `nbdtunnel dest`: what its command line holds.
+struct DestArgs {
+  CommonOptions common;
   std::string listen;
   std::vector<std::string> targets;
+  std::string qmp;
+  std::string run_dir;
+  unsigned threads = 1;
+};
+
+CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
   CLI::App* dest = app.add_subcommand(
       "dest",
       "Destination daemon: accept channels on TCP and connect each stream to a named target "
       "socket (e.g. the destination QEMU's NBD server socket).");
-  dest->add_option("--listen", listen, "HOST:PORT to listen on (port 0 picks a free port)")
+  dest->add_option("--listen", a.listen, "HOST:PORT to listen on (port 0 picks a free port)")
       ->required();
-  dest->add_option("--target", targets,
+  dest->add_option("--target", a.targets,
                    "NAME=PATH: streams opened for NAME are connected to the UNIX socket PATH, "
                    "at the moment they open (PATH may appear later)");
-  std::string dest_qmp, run_dir;
-  dest->add_option("--qmp", dest_qmp,
+  dest->add_option("--qmp", a.qmp,
                    "QMP socket of the destination QEMU: lets `nbdtunnel migrate` prepare its "
                    "disks (NBD server and exports are created per migration and removed after)");
-  dest->add_option("--run-dir", run_dir,
+  dest->add_option("--run-dir", a.run_dir,
                    "directory for the NBD sockets of prepared migrations (default: a private "
                    "temporary directory)");
-  unsigned threads = 1;
-  dest->add_option("--threads", threads,
+  dest->add_option("--threads", a.threads,
                    "threads, each with its own io_uring, serving channels (the kernel spreads "
                    "new channels among them)")
       ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
-  add_common(dest, dest_common);
+  add_common(dest, a.common);
+  return dest;
+}
 
-  CommonOptions source_common;
+// Checks the dest options, then serves until SIGINT/SIGTERM.
+int run_dest(DestArgs a) {
+  engine::DestOptions o;
+  auto ep = tunnel::parse_endpoint(a.listen);
+  if (!ep) return usage_error("--listen: " + ep.error().message);
+  o.listen = *ep;
+  std::string error;
+  for (const std::string& t : a.targets) {
+    auto kv = engine::parse_target(t, error);
+    if (!kv) return usage_error(error);
+    if (!o.targets.emplace(kv->first, kv->second).second) {
+      return usage_error("--target '" + kv->first + "' is given twice");
+    }
+  }
+  if (o.targets.empty() && a.qmp.empty()) {
+    return usage_error("dest needs at least one --target NAME=PATH, or --qmp PATH");
+  }
+  o.channel = channel_config(a.common);
+  o.qmp_path = a.qmp;
+  setup_logging(a.common.log_level);
+  engine::PrivateDir private_dir;
+  if (!a.qmp.empty() && a.run_dir.empty()) {
+    if (!private_dir.create("nbdtunnel-dest", error)) {
+      spdlog::error("{}", error);
+      return kExitFailed;
+    }
+    a.run_dir = private_dir.path();
+  }
+  o.run_dir = a.run_dir;
+  o.reuse_port = a.threads > 1;
+  return run_role<engine::DestServer, engine::DestOptions>(
+      std::move(o), a.threads, [](engine::DestOptions& next, const engine::DestServer& first) {
+        // Every thread listens on the same port; the kernel spreads channels among them.
+        if (auto bound = tunnel::parse_endpoint(first.bound())) next.listen.port = bound->port;
+      });
+}
+
+// `nbdtunnel source`: what its command line holds.
+struct SourceArgs {
+  CommonOptions common;
   std::string connect;
   std::vector<std::string> forwards;
   std::string socket_mode = "0600";
+};
+
+CLI::App* add_source_command(CLI::App& app, SourceArgs& a) {
   CLI::App* source = app.add_subcommand(
       "source",
       "Source side: listen on local UNIX sockets and carry every accepted connection as one "
       "stream over a single channel to `nbdtunnel dest`.");
-  source->add_option("--connect", connect, "HOST:PORT of the destination daemon")->required();
+  source->add_option("--connect", a.connect, "HOST:PORT of the destination daemon")->required();
   source
-      ->add_option("--forward", forwards,
+      ->add_option("--forward", a.forwards,
                    "PATH=NAME: listen on the UNIX socket PATH; connections go to target NAME "
                    "on the destination")
       ->required();
-  source->add_option("--socket-mode", socket_mode, "permissions of the created sockets (octal)")
+  source->add_option("--socket-mode", a.socket_mode, "permissions of the created sockets (octal)")
       ->capture_default_str();
-  add_common(source, source_common);
+  add_common(source, a.common);
+  return source;
+}
 
-  CommonOptions migrate_common;
-  migrate_common.log_level = "warn";
-  engine::MigrateOptions mo;
-  std::string dest_ep, finish_mode = "complete";
+// Checks the source options, then forwards until SIGINT/SIGTERM.
+int run_source(const SourceArgs& a) {
+  engine::SourceOptions o;
+  auto ep = tunnel::parse_endpoint(a.connect);
+  if (!ep) return usage_error("--connect: " + ep.error().message);
+  o.connect = *ep;
+  std::string error;
+  std::map<std::string, bool> seen;
+  for (const std::string& f : a.forwards) {
+    auto kv = engine::parse_forward(f, error);
+    if (!kv) return usage_error(error);
+    if (seen[kv->first]) return usage_error("--forward path '" + kv->first + "' is given twice");
+    seen[kv->first] = true;
+    o.forwards.push_back({kv->first, kv->second});
+  }
+  auto mode = engine::parse_mode(a.socket_mode, error);
+  if (!mode) return usage_error(error);
+  o.socket_mode = *mode;
+  o.channel = channel_config(a.common);
+  setup_logging(a.common.log_level);
+  return run_role<engine::SourceForwarder, engine::SourceOptions>(std::move(o), 1);
+}
+
+// `nbdtunnel migrate`: what its command line holds (most of it straight into MigrateOptions).
+struct MigrateArgs {
+  CommonOptions common;
+  engine::MigrateOptions options;
+  std::string dest;
+  std::string finish = "complete";
   std::vector<std::string> disks;
   double connect_timeout = 10;
+};
+
+CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
+  a.common.log_level = "warn";
+  engine::MigrateOptions& mo = a.options;
   CLI::App* migrate = app.add_subcommand(
       "migrate",
       "Run a whole non-shared-disk storage migration: check both sides, have the destination "
@@ -234,9 +304,9 @@ int main(int argc, char** argv) {
       "Exit codes: 0 done, 1 migration failed, 2 bad usage or input, 3 checks failed, "
       "130 cancelled.");
   migrate->add_option("--source-qmp", mo.source_qmp, "QMP socket of the source QEMU")->required();
-  migrate->add_option("--dest", dest_ep, "HOST:PORT of `nbdtunnel dest --qmp ...`")->required();
+  migrate->add_option("--dest", a.dest, "HOST:PORT of `nbdtunnel dest --qmp ...`")->required();
   migrate
-      ->add_option("--disk", disks,
+      ->add_option("--disk", a.disks,
                    "NODE[=DESTNODE]: mirror the source node NODE into the destination node "
                    "DESTNODE (default: the same name); repeat for each disk")
       ->required();
@@ -249,7 +319,7 @@ int main(int argc, char** argv) {
                     "copy only the top image (sync=top): the backing chain is already present at "
                     "the destination");
   migrate
-      ->add_option("--finish", finish_mode,
+      ->add_option("--finish", a.finish,
                    "complete: when every disk is in sync, complete the copies and finish; "
                    "sync: stay in sync (for a memory migration) until `finish` or `cancel` "
                    "arrives on the control socket")
@@ -265,104 +335,75 @@ int main(int argc, char** argv) {
                       "set-bandwidth {\"mib-per-sec\": N}, cancel, finish");
   migrate->add_option("--id", mo.migration_id, "migration id (default: generated)");
   migrate
-      ->add_option("--connect-timeout", connect_timeout,
+      ->add_option("--connect-timeout", a.connect_timeout,
                    "seconds to wait for the destination to answer")
       ->check(CLI::Range(0.1, 600.0))
       ->capture_default_str();
-  add_common(migrate, migrate_common);
+  add_common(migrate, a.common);
+  return migrate;
+}
 
+// Checks the migrate options, then runs the migration to its end; returns its exit code.
+int run_migrate(MigrateArgs a) {
+  engine::MigrateOptions& mo = a.options;
+  auto ep = tunnel::parse_endpoint(a.dest);
+  if (!ep) return usage_error("--dest: " + ep.error().message);
+  mo.dest = *ep;
+  std::string error;
+  std::map<std::string, bool> seen_disk, seen_dest;
+  for (const std::string& d : a.disks) {
+    auto kv = engine::parse_disk(d, error);
+    if (!kv) return usage_error(error);
+    if (seen_disk[kv->first]) return usage_error("--disk '" + kv->first + "' is given twice");
+    if (seen_dest[kv->second]) {
+      return usage_error("--disk: destination node '" + kv->second +
+                         "' is the target of two disks");
+    }
+    seen_disk[kv->first] = seen_dest[kv->second] = true;
+    mo.disks.push_back({kv->first, kv->second});
+  }
+  if (!mo.migration_id.empty() && !engine::valid_migration_id(mo.migration_id)) {
+    return usage_error(
+        fmt::format("--id '{}': use 1 to {} letters, digits, '.', '_' or '-', starting with a "
+                    "letter or digit",
+                    mo.migration_id, engine::kMaxMigrationIdLen));
+  }
+  if (mo.disks.size() > engine::kMaxDisks) {
+    return usage_error(fmt::format("at most {} disks per migration", engine::kMaxDisks));
+  }
+  mo.finish_sync = a.finish == "sync";
+  mo.connect_timeout = std::chrono::milliseconds(static_cast<long>(a.connect_timeout * 1000));
+  mo.channel = channel_config(a.common);
+  setup_logging(a.common.log_level);
+  return engine::run_migration(std::move(mo));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::signal(SIGPIPE, SIG_IGN);
+  CLI::App app{
+      "nbdtunnel carries QEMU's NBD (disk mirror) and migration connections between two hosts\n"
+      "over one multiplexed, flow-controlled channel framed like libvirt's RPC protocol.\n"
+      "Run `nbdtunnel dest` on the destination host; on the source host run `nbdtunnel source`\n"
+      "(a standing tunnel for QEMU or libvirt) or `nbdtunnel migrate` (a whole storage "
+      "migration)."};
+  app.set_version_flag("--version", std::string("nbdtunnel ") + NBDTUNNEL_VERSION);
+  app.require_subcommand(1);
+  app.footer("Run `nbdtunnel COMMAND --help` for the options of one command.");
+  DestArgs dest_args;
+  SourceArgs source_args;
+  MigrateArgs migrate_args;
+  CLI::App* dest = add_dest_command(app, dest_args);
+  CLI::App* source = add_source_command(app, source_args);
+  CLI::App* migrate = add_migrate_command(app, migrate_args);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
-
-  std::string error;
-  if (dest->parsed()) {
-    engine::DestOptions o;
-    auto ep = tunnel::parse_endpoint(listen);
-    if (!ep) return usage_error("--listen: " + ep.error().message);
-    o.listen = *ep;
-    for (const std::string& t : targets) {
-      auto kv = engine::parse_target(t, error);
-      if (!kv) return usage_error(error);
-      if (!o.targets.emplace(kv->first, kv->second).second) {
-        return usage_error("--target '" + kv->first + "' is given twice");
-      }
-    }
-    if (o.targets.empty() && dest_qmp.empty()) {
-      return usage_error("dest needs at least one --target NAME=PATH, or --qmp PATH");
-    }
-    o.channel = channel_config(dest_common);
-    o.qmp_path = dest_qmp;
-    setup_logging(dest_common.log_level);
-    engine::PrivateDir private_dir;
-    if (!dest_qmp.empty() && run_dir.empty()) {
-      if (!private_dir.create("nbdtunnel-dest", error)) {
-        spdlog::error("{}", error);
-        return kExitFailed;
-      }
-      run_dir = private_dir.path();
-    }
-    o.run_dir = run_dir;
-    o.reuse_port = threads > 1;
-    return run_role<engine::DestServer, engine::DestOptions>(
-        std::move(o), threads, [](engine::DestOptions& next, const engine::DestServer& first) {
-          // Every thread listens on the same port; the kernel spreads channels among them.
-          if (auto bound = tunnel::parse_endpoint(first.bound())) {
-            next.listen.port = bound->port;
-          }
-        });
-  }
-
-  if (migrate->parsed()) {
-    auto ep = tunnel::parse_endpoint(dest_ep);
-    if (!ep) return usage_error("--dest: " + ep.error().message);
-    mo.dest = *ep;
-    std::map<std::string, bool> seen_disk, seen_dest;
-    for (const std::string& d : disks) {
-      auto kv = engine::parse_disk(d, error);
-      if (!kv) return usage_error(error);
-      if (seen_disk[kv->first]) return usage_error("--disk '" + kv->first + "' is given twice");
-      if (seen_dest[kv->second]) {
-        return usage_error("--disk: destination node '" + kv->second +
-                           "' is the target of two disks");
-      }
-      seen_disk[kv->first] = seen_dest[kv->second] = true;
-      mo.disks.push_back({kv->first, kv->second});
-    }
-    if (!mo.migration_id.empty() && !tunnel::valid_migration_id(mo.migration_id)) {
-      return usage_error(
-          fmt::format("--id '{}': use 1 to {} letters, digits, '.', '_' or '-', starting with a "
-                      "letter or digit",
-                      mo.migration_id, tunnel::kMaxMigrationIdLen));
-    }
-    if (mo.disks.size() > tunnel::kMaxDisks) {
-      return usage_error(fmt::format("at most {} disks per migration", tunnel::kMaxDisks));
-    }
-    mo.finish_sync = finish_mode == "sync";
-    mo.connect_timeout = std::chrono::milliseconds(static_cast<long>(connect_timeout * 1000));
-    mo.channel = channel_config(migrate_common);
-    setup_logging(migrate_common.log_level);
-    return engine::run_migration(std::move(mo));
-  }
-
-  engine::SourceOptions o;
-  auto ep = tunnel::parse_endpoint(connect);
-  if (!ep) return usage_error("--connect: " + ep.error().message);
-  o.connect = *ep;
-  std::map<std::string, bool> seen;
-  for (const std::string& f : forwards) {
-    auto kv = engine::parse_forward(f, error);
-    if (!kv) return usage_error(error);
-    if (seen[kv->first]) return usage_error("--forward path '" + kv->first + "' is given twice");
-    seen[kv->first] = true;
-    o.forwards.push_back({kv->first, kv->second});
-  }
-  auto mode = engine::parse_mode(socket_mode, error);
-  if (!mode) return usage_error(error);
-  o.socket_mode = *mode;
-  o.channel = channel_config(source_common);
-  setup_logging(source_common.log_level);
-  return run_role<engine::SourceForwarder, engine::SourceOptions>(std::move(o), 1);
+  if (dest->parsed()) return run_dest(std::move(dest_args));
+  if (source->parsed()) return run_source(source_args);
+  if (migrate->parsed()) return run_migrate(std::move(migrate_args));
+  return usage_error("no command given");
 }

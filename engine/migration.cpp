@@ -20,6 +20,7 @@
 
 #include "engine/control_server.hpp"
 #include "engine/host_identity.hpp"
+#include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
 #include "engine/progress.hpp"
 #include "qmp/block_jobs.hpp"
@@ -54,7 +55,9 @@ struct CallResult {
   std::string error;
 };
 
-struct DiskState {
+// One source disk being copied: the nodes and job this run adds to the source QEMU, what of
+// them exists now, and the copy's progress.
+struct DiskCopy {
   DiskSpec spec;
   std::uint64_t size = 0;
   std::string job_id;
@@ -71,8 +74,8 @@ struct DiskState {
   std::chrono::steady_clock::time_point sampled{};
 };
 
-// blockdev-add arguments of a raw node showing the first `size` bytes of `file`. Built outside
-// any coroutine: GCC 12 miscompiles braced JSON initialisers inside coroutines.
+// blockdev-add arguments of a raw node showing the first `size` bytes of `file`. Not a coroutine:
+// see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.
 json raw_view_args(const std::string& node, const std::string& file, std::uint64_t size) {
   json args = json::object();
   args["driver"] = "raw";
@@ -82,13 +85,14 @@ json raw_view_args(const std::string& node, const std::string& file, std::uint64
   return args;
 }
 
-class Migration {
+// One `nbdtunnel migrate` run, from connecting to both sides to leaving them clean.
+class MigrationRun {
  public:
-  Migration(asio::io_context& io, tunnel::Ring& ring, MigrateOptions o,
-            std::unique_ptr<ProgressReporter> reporter)
+  MigrationRun(asio::io_context& io, tunnel::Ring& ring, MigrateOptions o,
+               std::unique_ptr<ProgressReporter> reporter)
       : io_(io), ring_(ring), o_(std::move(o)), report_(std::move(reporter)), wake_(io) {
     for (std::size_t i = 0; i < o_.disks.size(); ++i) {
-      DiskState d;
+      DiskCopy d;
       d.spec = o_.disks[i];
       d.job_id = fmt::format("nbdtunnel-mirror-{}", i);
       d.nbd_node = fmt::format("nbdtunnel-nbd-{}", i);
@@ -123,7 +127,7 @@ class Migration {
   awaitable<void> complete();
   awaitable<void> cleanup();
   awaitable<void> detach(std::string node, bool& added);
-  awaitable<CallResult> call(tunnel::Proc proc, std::vector<std::uint8_t> body,
+  awaitable<CallResult> call(MigrationProc proc, std::vector<std::uint8_t> body,
                              std::chrono::milliseconds timeout);
   awaitable<void> poll_progress();
   awaitable<void> nap(std::chrono::milliseconds d);
@@ -140,7 +144,7 @@ class Migration {
                                       static_cast<double>(disks_.size()));
   }
   void wake() { wake_.cancel(); }
-  DiskState* disk_by_job(const std::string& job) {
+  DiskCopy* disk_by_job(const std::string& job) {
     for (auto& d : disks_) {
       if (d.job_id == job) return &d;
     }
@@ -152,7 +156,7 @@ class Migration {
   MigrateOptions o_;
   std::unique_ptr<ProgressReporter> report_;
   asio::steady_timer wake_;
-  std::vector<DiskState> disks_;
+  std::vector<DiskCopy> disks_;
   std::string phase_ = "connect";
   double bandwidth_mib_ = 0;
 
@@ -174,16 +178,16 @@ class Migration {
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
-awaitable<void> Migration::nap(std::chrono::milliseconds d) {
+awaitable<void> MigrationRun::nap(std::chrono::milliseconds d) {
   wake_.expires_after(d);
   co_await wake_.async_wait(asio::as_tuple(use_awaitable));
 }
 
-void Migration::on_qmp_event(const json& event) {
+void MigrationRun::on_qmp_event(const json& event) {
   const std::string name = event.value("event", "");
   if (!event.contains("data") || !event["data"].is_object()) return;
   const json& data = event["data"];
-  DiskState* d = disk_by_job(data.value("device", ""));
+  DiskCopy* d = disk_by_job(data.value("device", ""));
   if (d == nullptr) return;
   if (name == "BLOCK_JOB_READY") {
     if (!d->ready) {
@@ -205,14 +209,14 @@ void Migration::on_qmp_event(const json& event) {
 }
 
 // Throws the first failure a disk or the channel has reported.
-void Migration::check_failures(const std::string& phase) {
+void MigrationRun::check_failures(const std::string& phase) {
   if (src_ && !src_->is_connected()) {
     throw Failure(kMigrateFailed, phase, "",
                   fmt::format("lost the QMP connection to the source QEMU ({}): is it still "
                               "running?",
                               o_.source_qmp));
   }
-  for (const DiskState& d : disks_) {
+  for (const DiskCopy& d : disks_) {
     if (!d.error.empty()) {
       throw Failure(kMigrateFailed, phase, d.spec.node,
                     fmt::format("mirror of '{}' failed: {}", d.spec.node, d.error));
@@ -229,8 +233,8 @@ void Migration::check_failures(const std::string& phase) {
   }
 }
 
-awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_t> body,
-                                      std::chrono::milliseconds timeout) {
+awaitable<CallResult> MigrationRun::call(MigrationProc proc, std::vector<std::uint8_t> body,
+                                         std::chrono::milliseconds timeout) {
   CallResult out;
   if (!channel_ || channel_closed_) {
     out.error = "the channel is closed";
@@ -238,7 +242,7 @@ awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_
   }
   auto result = std::make_shared<std::optional<CallResult>>();
   auto timer = std::make_shared<asio::steady_timer>(io_, timeout);
-  channel_->call(static_cast<std::uint32_t>(proc), body,
+  channel_->call(procedure_number(proc), body,
                  [result, timer](const tunnel::PacketHeader& h, std::span<const std::uint8_t> b) {
                    CallResult r;
                    r.ok = h.status == static_cast<std::uint32_t>(tunnel::PacketStatus::ok);
@@ -259,7 +263,7 @@ awaitable<CallResult> Migration::call(tunnel::Proc proc, std::vector<std::uint8_
   co_return std::move(**result);
 }
 
-awaitable<void> Migration::connect_source() {
+awaitable<void> MigrationRun::connect_source() {
   src_ = std::make_unique<qmp::QmpClient>(io_.get_executor());
   try {
     co_await src_->connect(o_.source_qmp, 10s);
@@ -270,12 +274,13 @@ awaitable<void> Migration::connect_source() {
   src_->on_event([this](const json& e) { on_qmp_event(e); });
 }
 
-awaitable<void> Migration::connect_dest() {
+awaitable<void> MigrationRun::connect_dest() {
   using namespace asio::experimental::awaitable_operators;
   const std::string where = o_.dest.to_string();
   asio::ip::tcp::resolver resolver(io_);
-  auto [rec, results] = co_await resolver.async_resolve(o_.dest.host, std::to_string(o_.dest.port),
-                                                        asio::as_tuple(use_awaitable));
+  const std::string port = std::to_string(o_.dest.port);  // a named local: see raw_view_args
+  auto [rec, results] =
+      co_await resolver.async_resolve(o_.dest.host, port, asio::as_tuple(use_awaitable));
   if (rec) {
     throw Failure(kMigrateUsage, "connect", "",
                   fmt::format("destination {}: cannot resolve: {}", where, rec.message()));
@@ -320,10 +325,10 @@ awaitable<void> Migration::connect_dest() {
   }
 }
 
-awaitable<bool> Migration::run_checks() {
+awaitable<bool> MigrationRun::run_checks() {
   set_phase("checks");
   CheckInputs in;
-  for (const DiskState& d : disks_) in.disks.push_back(d.spec);
+  for (const DiskCopy& d : disks_) in.disks.push_back(d.spec);
   in.destination = o_.dest.to_string();
   in.source_host_id = o_.channel.host_id;
   in.source_qemu_version = src_->qemu_version();
@@ -334,7 +339,7 @@ awaitable<bool> Migration::run_checks() {
   } catch (const std::exception& e) {
     throw Failure(kMigrateFailed, "checks", "", fmt::format("source QEMU: {}", e.what()));
   }
-  for (DiskState& d : disks_) {
+  for (DiskCopy& d : disks_) {
     auto size = source_size(in, d.spec.node);
     if (!size) {
       throw Failure(kMigrateUsage, "checks", d.spec.node,
@@ -343,15 +348,15 @@ awaitable<bool> Migration::run_checks() {
     }
     d.size = *size;
   }
-  tunnel::Prepare req;
+  Prepare req;
   req.migration_id = o_.migration_id;
-  req.flags = tunnel::kPrepareCheckOnly;
-  for (const DiskState& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
+  req.flags = kPrepareCheckOnly;
+  for (const DiskCopy& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
   std::vector<std::uint8_t> body;
-  tunnel::encode_prepare(body, req);
-  CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 30s);
+  encode_prepare(body, req);
+  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 30s);
   if (r.ok) {
-    tunnel::Result<tunnel::PrepareResult> pr = tunnel::decode_prepare_result(r.body);
+    tunnel::Result<PrepareResult> pr = decode_prepare_result(r.body);
     if (!pr) {
       in.dest_error = "bad PREPARE reply: " + pr.error().message;
     } else {
@@ -378,16 +383,16 @@ awaitable<bool> Migration::run_checks() {
   co_return true;
 }
 
-awaitable<void> Migration::prepare() {
+awaitable<void> MigrationRun::prepare() {
   set_phase("prepare");
-  tunnel::Prepare req;
+  Prepare req;
   req.migration_id = o_.migration_id;
-  for (const DiskState& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
+  for (const DiskCopy& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
   std::vector<std::uint8_t> body;
-  tunnel::encode_prepare(body, req);
-  CallResult r = co_await call(tunnel::Proc::prepare, std::move(body), 60s);
+  encode_prepare(body, req);
+  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 60s);
   if (!r.ok) throw Failure(kMigrateFailed, "prepare", "", "destination: " + r.error);
-  tunnel::Result<tunnel::PrepareResult> pr = tunnel::decode_prepare_result(r.body);
+  tunnel::Result<PrepareResult> pr = decode_prepare_result(r.body);
   if (!pr || pr->target.empty()) {
     throw Failure(kMigrateFailed, "prepare", "",
                   "bad PREPARE reply from the destination: " + (pr ? "" : pr.error().message));
@@ -396,7 +401,7 @@ awaitable<void> Migration::prepare() {
   dest_target_ = pr->target;
 }
 
-void Migration::open_tunnel_socket() {
+void MigrationRun::open_tunnel_socket() {
   std::string error;
   if (!tunnel_dir_.create("nbdtunnel-migrate", error)) {
     throw Failure(kMigrateFailed, "prepare", "", error);
@@ -413,9 +418,9 @@ void Migration::open_tunnel_socket() {
   acceptor_->start();
 }
 
-awaitable<void> Migration::start_mirrors() {
+awaitable<void> MigrationRun::start_mirrors() {
   set_phase("mirror");
-  for (DiskState& d : disks_) {
+  for (DiskCopy& d : disks_) {
     if (cancel_requested_) co_return;
     try {
       co_await qmp::blockdev_add_nbd(*src_, d.nbd_node, tunnel_socket_, d.spec.dest_node);
@@ -436,7 +441,7 @@ awaitable<void> Migration::start_mirrors() {
   }
 }
 
-awaitable<void> Migration::poll_progress() {
+awaitable<void> MigrationRun::poll_progress() {
   std::vector<qmp::BlockJobInfo> jobs;
   try {
     jobs = co_await qmp::query_block_jobs(*src_);
@@ -446,7 +451,7 @@ awaitable<void> Migration::poll_progress() {
   }
   const auto now = std::chrono::steady_clock::now();
   std::vector<DiskProgress> out;
-  for (DiskState& d : disks_) {
+  for (DiskCopy& d : disks_) {
     for (const auto& j : jobs) {
       if (j.id != d.job_id) continue;
       if (d.sampled != std::chrono::steady_clock::time_point{} && j.offset >= d.done) {
@@ -474,11 +479,11 @@ awaitable<void> Migration::poll_progress() {
   report_->progress(out);
 }
 
-awaitable<bool> Migration::wait_ready() {
+awaitable<bool> MigrationRun::wait_ready() {
   for (;;) {
     if (cancel_requested_) co_return false;
     check_failures("mirror");
-    if (std::all_of(disks_.begin(), disks_.end(), [](const DiskState& d) { return d.ready; })) {
+    if (std::all_of(disks_.begin(), disks_.end(), [](const DiskCopy& d) { return d.ready; })) {
       co_await poll_progress();
       co_return true;
     }
@@ -487,7 +492,7 @@ awaitable<bool> Migration::wait_ready() {
   }
 }
 
-awaitable<bool> Migration::wait_finish_command() {
+awaitable<bool> MigrationRun::wait_finish_command() {
   set_phase("ready");
   report_->ready();
   report_->info(control_ ? fmt::format("disks are in sync; send \"finish\" or \"cancel\" on {}",
@@ -502,9 +507,9 @@ awaitable<bool> Migration::wait_finish_command() {
   co_return true;
 }
 
-awaitable<void> Migration::complete() {
+awaitable<void> MigrationRun::complete() {
   set_phase("completing");
-  for (DiskState& d : disks_) {
+  for (DiskCopy& d : disks_) {
     try {
       co_await qmp::block_job_cancel(*src_, d.job_id, false);
     } catch (const std::exception& e) {
@@ -514,7 +519,7 @@ awaitable<void> Migration::complete() {
   }
   const auto deadline = std::chrono::steady_clock::now() + 120s;
   while (
-      !std::all_of(disks_.begin(), disks_.end(), [](const DiskState& d) { return d.job_ended; })) {
+      !std::all_of(disks_.begin(), disks_.end(), [](const DiskCopy& d) { return d.job_ended; })) {
     check_failures("completing");
     if (std::chrono::steady_clock::now() > deadline) {
       throw Failure(kMigrateFailed, "completing", "", "mirror jobs did not complete in 120 s");
@@ -522,12 +527,12 @@ awaitable<void> Migration::complete() {
     co_await nap(100ms);
   }
   check_failures("completing");
-  for (DiskState& d : disks_) {
+  for (DiskCopy& d : disks_) {
     d.job_started = false;
     report_->disk_completed(d.spec.node);
   }
   set_phase("finishing");
-  for (DiskState& d : disks_) {
+  for (DiskCopy& d : disks_) {
     try {
       co_await qmp::blockdev_del(*src_, d.target_node);
       d.node_added = false;
@@ -539,14 +544,14 @@ awaitable<void> Migration::complete() {
     }
   }
   std::vector<std::uint8_t> body;
-  tunnel::encode_finish(body, tunnel::Finish{o_.migration_id, 0});
-  CallResult r = co_await call(tunnel::Proc::finish, std::move(body), 60s);
+  encode_finish(body, Finish{o_.migration_id, 0});
+  CallResult r = co_await call(MigrationProc::finish, std::move(body), 60s);
   if (!r.ok) throw Failure(kMigrateFailed, "finishing", "", "destination FINISH: " + r.error);
   prepared_ = false;
 }
 
 // Removes a node this migration added to the source QEMU; a failure is only logged.
-awaitable<void> Migration::detach(std::string node, bool& added) {
+awaitable<void> MigrationRun::detach(std::string node, bool& added) {
   if (!added) co_return;
   try {
     co_await qmp::blockdev_del(*src_, node);
@@ -557,11 +562,11 @@ awaitable<void> Migration::detach(std::string node, bool& added) {
 }
 
 // Leaves both hosts clean: tunnel sockets first, then the jobs, the nodes, the exports.
-awaitable<void> Migration::cleanup() {
+awaitable<void> MigrationRun::cleanup() {
   if (acceptor_) acceptor_->stop();
   if (channel_ && !channel_closed_) channel_->abort_streams("migration cancelled");
   if (src_ && src_->is_connected()) {
-    for (DiskState& d : disks_) {
+    for (DiskCopy& d : disks_) {
       if (!d.job_started || d.job_ended) continue;
       try {
         co_await qmp::block_job_cancel(*src_, d.job_id, true);
@@ -572,27 +577,27 @@ awaitable<void> Migration::cleanup() {
     const auto deadline = std::chrono::steady_clock::now() + 30s;
     while (std::chrono::steady_clock::now() < deadline &&
            std::any_of(disks_.begin(), disks_.end(),
-                       [](const DiskState& d) { return d.job_started && !d.job_ended; })) {
+                       [](const DiskCopy& d) { return d.job_started && !d.job_ended; })) {
       co_await nap(100ms);
     }
-    for (DiskState& d : disks_) {
+    for (DiskCopy& d : disks_) {
       co_await detach(d.target_node, d.node_added);
       co_await detach(d.nbd_node, d.nbd_added);
     }
   }
   if (prepared_ && channel_ && !channel_closed_) {
     std::vector<std::uint8_t> body;
-    tunnel::encode_finish(body, tunnel::Finish{o_.migration_id, tunnel::kFinishAbort});
-    CallResult r = co_await call(tunnel::Proc::finish, std::move(body), 30s);
+    encode_finish(body, Finish{o_.migration_id, kFinishAbort});
+    CallResult r = co_await call(MigrationProc::finish, std::move(body), 30s);
     if (!r.ok) spdlog::warn("cleanup: destination FINISH (abort): {}", r.error);
     prepared_ = false;
   }
 }
 
-awaitable<json> Migration::control(const std::string& command, const json& args) {
+awaitable<json> MigrationRun::control(const std::string& command, const json& args) {
   if (command == "query-migration") {
     json disks = json::array();
-    for (const DiskState& d : disks_) {
+    for (const DiskCopy& d : disks_) {
       json j = json::object();
       j["disk"] = d.spec.node;
       j["done"] = d.done;
@@ -613,7 +618,7 @@ awaitable<json> Migration::control(const std::string& command, const json& args)
       throw ControlError("GenericError", "set-bandwidth needs \"mib-per-sec\": a number >= 0");
     }
     bandwidth_mib_ = args["mib-per-sec"].get<double>();
-    for (DiskState& d : disks_) {
+    for (DiskCopy& d : disks_) {
       if (d.job_started && !d.job_ended) {
         co_await qmp::block_job_set_speed(*src_, d.job_id, per_disk_speed());
       }
@@ -640,7 +645,7 @@ awaitable<json> Migration::control(const std::string& command, const json& args)
   throw ControlError("CommandNotFound", fmt::format("unknown command '{}'", command));
 }
 
-awaitable<int> Migration::run() {
+awaitable<int> MigrationRun::run() {
   bandwidth_mib_ = o_.bandwidth_mib;
   int code = kMigrateDone;
   std::string result = "completed";
@@ -691,7 +696,7 @@ awaitable<int> Migration::run() {
     co_await cleanup();
   }
   std::uint64_t bytes = 0;
-  for (const DiskState& d : disks_) bytes += d.done;
+  for (const DiskCopy& d : disks_) bytes += d.done;
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   set_phase("done");
@@ -723,7 +728,7 @@ int run_migration(MigrateOptions options) {
   if (options.migration_id.empty()) options.migration_id = new_migration_id();
   std::FILE* out = stdout;
   auto reporter = ProgressReporter::make(options.json, out, ::isatty(::fileno(out)) != 0);
-  Migration m(io, *ring, std::move(options), std::move(reporter));
+  MigrationRun m(io, *ring, std::move(options), std::move(reporter));
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   std::function<void(const boost::system::error_code&, int)> on_signal =

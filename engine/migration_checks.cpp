@@ -78,7 +78,7 @@ std::vector<CheckResult> evaluate_checks(const CheckInputs& in) {
       continue;
     }
     auto state = std::find_if(in.dest->disks.begin(), in.dest->disks.end(),
-                              [&](const tunnel::DiskState& s) { return s.node == d.dest_node; });
+                              [&](const DestDiskReport& s) { return s.node == d.dest_node; });
     if (state == in.dest->disks.end() || !state->exists) {
       out.push_back({"disk " + label + " on destination", V::fail,
                      fmt::format("node '{}' does not exist in the destination QEMU", d.dest_node)});

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/migration_protocol.hpp"
 #include "engine/progress.hpp"
 #include "qmp/block_jobs.hpp"
 #include "tunnel/protocol.hpp"
@@ -26,7 +27,7 @@ struct CheckInputs {
   std::vector<qmp::BlockNodeInfo> source_nodes;
   std::vector<qmp::BlockJobInfo> source_jobs;
   // PREPARE (check only) result, or the error the destination gave instead.
-  std::optional<tunnel::PrepareResult> dest;
+  std::optional<PrepareResult> dest;
   std::string dest_error;
 };
 

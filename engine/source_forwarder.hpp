@@ -42,7 +42,6 @@ class SourceForwarder {
   bool start(std::string& error);
   // Closes the channel and the sockets; done runs once all I/O has finished.
   void stop(std::function<void()> done);
-  bool connected() const { return channel_ && channel_->ready(); }
 
  private:
   void connect();

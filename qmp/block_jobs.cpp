@@ -132,7 +132,7 @@ asio::awaitable<void> nbd_server_start_unix(QmpClient& qmp, std::string socket_p
 }
 
 asio::awaitable<void> nbd_server_stop(QmpClient& qmp) {
-  json args = json::object();  // a named local: GCC 12 mishandles default-argument temporaries
+  json args = json::object();  // explicit, not the default: docs/DESIGN-NOTES.md, GCC 12
   co_await qmp.execute("nbd-server-stop", std::move(args));
 }
 

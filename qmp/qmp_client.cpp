@@ -92,7 +92,8 @@ asio::awaitable<void> handshake(QmpSession& s, std::chrono::milliseconds timeout
   }
 
   const auto id = s.next_id++;
-  const std::string line = dump(json{{"execute", "qmp_capabilities"}, {"id", id}}) + "\n";
+  json negotiate = {{"execute", "qmp_capabilities"}, {"id", id}};  // named: DESIGN-NOTES, GCC 12
+  const std::string line = dump(negotiate) + "\n";
   auto wr = co_await (asio::async_write(s.socket, asio::buffer(line), kTuple) ||
                       deadline.async_wait(kTuple));
   if (wr.index() == 1) {

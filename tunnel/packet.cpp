@@ -115,10 +115,6 @@ std::string procedure_name(std::uint32_t program, std::uint32_t procedure) {
         return "OPEN_TUNNEL";
       case Proc::stream_credit:
         return "STREAM_CREDIT";
-      case Proc::prepare:
-        return "PREPARE";
-      case Proc::finish:
-        return "FINISH";
     }
   } else if (program == kKeepaliveProgram) {
     if (procedure == static_cast<std::uint32_t>(KeepaliveProc::ping)) return "keepalive PING";

@@ -1,12 +1,14 @@
 #pragma once
 // The nbdtunnel wire protocol in code: constants, limits and message bodies.
-// docs/PROTOCOL.md describes the same thing in prose; tests/tunnel/golden_test.cpp ties them.
+// docs/PROTOCOL.md describes the same thing in prose; the golden bytes in
+// tests/tunnel/packet_test.cpp and tests/tunnel/protocol_test.cpp tie the two together.
+// tunnel/ knows no migration: the engine's procedures (PREPARE, FINISH) live in
+// engine/migration_protocol.hpp and reach it through ChannelEvents::on_call.
 
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "tunnel/result.hpp"
@@ -21,13 +23,11 @@ inline constexpr std::uint32_t kKeepaliveProgram = 0x6b656570;
 inline constexpr std::uint32_t kKeepaliveVersion = 1;
 enum class KeepaliveProc : std::uint32_t { ping = 1, pong = 2 };
 
-// Procedures of kProgram.
+// Procedures of kProgram that the channel serves itself. Any other CALL goes to its owner.
 enum class Proc : std::uint32_t {
   hello = 1,                       // CALL: version, features, identity, limits. Must come first.
   domain_migrate_open_tunnel = 2,  // CALL: target name; opens a stream on this call's serial.
   stream_credit = 3,               // MESSAGE: the sender may send that many more payload bytes.
-  prepare = 4,                     // CALL: check (and export) destination disks for a migration.
-  finish = 5,                      // CALL: remove what PREPARE created (flag: abort).
 };
 
 enum class PacketType : std::uint32_t { call = 0, reply = 1, message = 2, stream = 3 };
@@ -44,8 +44,6 @@ inline constexpr std::size_t kMaxStreamPayload = 1u << 20;
 inline constexpr std::size_t kMaxStringLen = 4096;
 inline constexpr std::size_t kMaxTargetNameLen = 255;
 inline constexpr std::size_t kMaxHostIdLen = 255;
-inline constexpr std::size_t kMaxDisks = 64;
-inline constexpr std::size_t kMaxMigrationIdLen = 64;
 inline constexpr std::uint32_t kMinWindow = 64 * 1024;
 inline constexpr std::uint32_t kMaxWindow = 64u << 20;
 
@@ -102,35 +100,6 @@ struct RemoteError {
   std::int32_t int1 = 0, int2 = 0;
 };
 
-// PREPARE: the source names the destination nodes it will mirror into and their sizes.
-inline constexpr std::uint32_t kPrepareCheckOnly = 1;  // report, change nothing
-struct PrepareDisk {
-  std::string node;        // destination node name
-  std::uint64_t size = 0;  // source disk size, bytes
-};
-struct Prepare {
-  std::string migration_id;
-  std::vector<PrepareDisk> disks;
-  std::uint32_t flags = 0;
-};
-// What the destination found for one disk.
-struct DiskState {
-  std::string node;
-  bool exists = false;
-  std::uint64_t size = 0;
-  bool writable = false;
-};
-struct PrepareResult {
-  std::string qemu_version;  // destination QEMU, "" if the daemon has no --qmp
-  std::string target;        // OPEN_TUNNEL target name serving this migration's exports
-  std::vector<DiskState> disks;
-};
-inline constexpr std::uint32_t kFinishAbort = 1;
-struct Finish {
-  std::string migration_id;
-  std::uint32_t flags = 0;
-};
-
 // Each encode_* appends a body; each decode_* parses a whole body and returns it, or an
 // input_error saying what is malformed.
 void encode_hello(std::vector<std::uint8_t>& out, const Hello& h);
@@ -142,25 +111,6 @@ Result<std::uint32_t> decode_credit(std::span<const std::uint8_t> body);
 void encode_remote_error(std::vector<std::uint8_t>& out, const RemoteError& e);
 Result<RemoteError> decode_remote_error(std::span<const std::uint8_t> body);
 
-void encode_prepare(std::vector<std::uint8_t>& out, const Prepare& p);
-Result<Prepare> decode_prepare(std::span<const std::uint8_t> body);
-void encode_prepare_result(std::vector<std::uint8_t>& out, const PrepareResult& r);
-Result<PrepareResult> decode_prepare_result(std::span<const std::uint8_t> body);
-void encode_finish(std::vector<std::uint8_t>& out, const Finish& f);
-Result<Finish> decode_finish(std::span<const std::uint8_t> body);
-
-// Transitional: the former out-parameter forms, returning the error message ("" on success).
-// Only tunnel/channel.cpp, tunnel/stream.cpp and tests/tunnel/channel_test.cpp still call them;
-// delete these once the channel code uses the Result forms above.
-std::string decode_hello(std::span<const std::uint8_t> body, Hello& h);
-std::string decode_open_tunnel(std::span<const std::uint8_t> body, OpenTunnel& o);
-std::string decode_credit(std::span<const std::uint8_t> body, std::uint32_t& bytes);
-std::string decode_remote_error(std::span<const std::uint8_t> body, RemoteError& e);
-
 RemoteError make_error(ErrorCode code, std::string message);
-
-// A migration id names QEMU exports and socket files: 1..64 of [A-Za-z0-9._-], starting with a
-// letter or digit.
-bool valid_migration_id(std::string_view id);
 
 }  // namespace nbdtunnel::tunnel

@@ -64,15 +64,6 @@ Result<unique_fd> listen_unix(const std::string& path, mode_t mode) {
   return fd;
 }
 
-unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error) {
-  Result<unique_fd> fd = listen_unix(path, mode);
-  if (!fd) {
-    error = fd.error().message;
-    return {};
-  }
-  return std::move(*fd);
-}
-
 Acceptor::Acceptor(Ring& ring, unique_fd listener, Handler on_accept)
     : ring_(ring), listener_(std::move(listener)), on_accept_(std::move(on_accept)) {
   op_.set_handler([this](int res, std::uint32_t) { on_complete(res); });

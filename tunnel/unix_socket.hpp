@@ -18,9 +18,6 @@ std::size_t max_unix_path();
 // Creates a listening UNIX socket at path with the given mode. Refuses a path where something
 // is listening or that is not a socket; replaces a stale socket file.
 Result<unique_fd> listen_unix(const std::string& path, mode_t mode);
-// Transitional: the former form (invalid fd and error filled on failure), still called by
-// tests/tunnel/channel_test.cpp; delete once it uses the Result form.
-unique_fd listen_unix(const std::string& path, mode_t mode, std::string& error);
 
 // Accepts connections on a listening socket, one accept in flight at a time.
 class Acceptor {

@@ -18,7 +18,7 @@ CheckInputs healthy() {
   in.source_qemu_version = "7.2.22";
   in.dest_hello.host_id = "dst";
   in.source_nodes = {{"disk0", "raw", 1 << 20, false}};
-  tunnel::PrepareResult pr;
+  PrepareResult pr;
   pr.qemu_version = "7.2.22";
   pr.disks = {{"disk0", true, 1 << 20, true}};
   in.dest = pr;

@@ -106,9 +106,14 @@ void stalled_target_does_not_stall_other_streams(const std::string& copy_mode) {
   EXPECT_LT(pushed.load(), std::size_t{64} << 20) << "no backpressure on the stalled stream";
   EXPECT_LT(dest_rss, kMaxRssKib);
   EXPECT_LT(source_rss, kMaxRssKib);
-  // The other stream kept moving (it finished at all, within the bound above); its rate is
-  // printed, not asserted: this machine is shared and timing is noisy.
-  EXPECT_GT(contended, 0.0);
+  // The other stream kept its pace: at least a quarter of what it moved alone. Both rates are
+  // measured the same way, seconds apart, in the same build (ASan included) on the same shared
+  // machine, so noise moves them together: here the contended rate is ~1-1.7x the alone one, and
+  // a 4x margin absorbs a noisy neighbour. A fast stream held back behind the stalled stream
+  // (sharing its window, or waiting on a timer to move) falls far below it, or misses the 60 s
+  // bound above.
+  EXPECT_GE(contended, 0.25 * alone) << "the fast stream slowed from " << alone << " to "
+                                     << contended << " MiB/s next to a stalled stream";
 }
 
 TEST(FlowControl, StalledTargetDoesNotStallOtherStreamsCopyMode) {

@@ -112,10 +112,19 @@ MigrateRun::MigrateRun(const TempDir& dir, const std::string& name,
                        const std::vector<std::string>& args)
     : err_path_(dir.file(name + ".err")) {
   // Its private dir (the tunnel socket) inside `dir` too, for runs that are killed.
-  std::string cmd = "TMPDIR=" + sh_quote(dir.path().string()) + " exec " +
-                    sh_quote(nbdtunnel_binary()) + " migrate";
-  for (const auto& a : args) cmd += " " + sh_quote(a);
-  cmd += " 2>" + sh_quote(err_path_);
+  // Appended piece by piece: GCC 12 at -O3 inlines `"literal" + std::string` into a false
+  // -Wrestrict, which broke Release builds.
+  std::string cmd = "TMPDIR=";
+  cmd += sh_quote(dir.path().string());
+  cmd += " exec ";
+  cmd += sh_quote(nbdtunnel_binary());
+  cmd += " migrate";
+  for (const auto& a : args) {
+    cmd += ' ';
+    cmd += sh_quote(a);
+  }
+  cmd += " 2>";
+  cmd += sh_quote(err_path_);
   process_ = std::make_unique<Process>(name, std::vector<std::string>{"/bin/sh", "-c", cmd},
                                        dir.file(name + ".out"));
 }

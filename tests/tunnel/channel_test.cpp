@@ -141,10 +141,10 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
   std::string echo_target() {
     std::filesystem::create_directories(dir_);
     const std::string path = dir_ + "/echo.sock";
-    std::string error;
-    unique_fd listener = listen_unix(path, 0600, error);
-    EXPECT_TRUE(listener) << error;
-    echo_threads_.emplace_back([l = std::move(listener)]() mutable {
+    Result<unique_fd> listening = listen_unix(path, 0600);
+    EXPECT_TRUE(listening) << listening.error().message;
+    if (!listening) return path;
+    echo_threads_.emplace_back([l = std::move(*listening)]() mutable {
       unique_fd c(::accept(l.get(), nullptr, nullptr));
       std::uint8_t buf[65536];
       for (;;) {
