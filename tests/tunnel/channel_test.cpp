@@ -14,6 +14,7 @@
 #include <boost/asio/post.hpp>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -403,6 +404,36 @@ TEST_P(ChannelTest, LargeEchoFlowsOnCredit) {
   EXPECT_EQ(granted, data.size());
   EXPECT_TRUE(echoed == data) << "echoed bytes differ";
   expect_alive();
+}
+
+// The stream closes while its payload is half read (half spliced, in splice mode): the rest of
+// the payload is dropped, the framing stays intact and the channel carries on.
+TEST_P(ChannelTest, StreamClosedMidPayloadHasTheRestDiscarded) {
+  open_echo_stream();
+  if (HasFatalFailure()) return;
+  const Bytes packet =
+      make_packet(hdr(2, PacketType::stream, 2, PacketStatus::cont), Bytes(40000, 0x5a));
+  const std::size_t first = kPrefixSize + 10000;
+  send_raw(Bytes(packet.begin(), packet.begin() + static_cast<long>(first)));
+  std::this_thread::sleep_for(100ms);  // let the reader take in what has arrived
+  std::promise<void> aborted;
+  boost::asio::post(io_, [&] {
+    channel_->abort_streams("closed by the test");
+    aborted.set_value();
+  });
+  aborted.get_future().wait();
+  send_raw(Bytes(packet.begin() + static_cast<long>(first), packet.end()));
+  // The abort reaches the peer (after any echo of the first bytes)...
+  std::optional<Packet> p;
+  do {
+    p = read_non_credit();
+    ASSERT_TRUE(p) << "no stream error after the abort";
+  } while (p->h.status == static_cast<std::uint32_t>(PacketStatus::cont));
+  RemoteError e = expect_error(p, PacketType::stream, 2);
+  EXPECT_NE(e.message.value_or("").find("closed by the test"), std::string::npos);
+  // ...and the bytes after the cut were not taken for a packet header.
+  expect_alive();
+  EXPECT_FALSE(closed_) << close_reason();
 }
 
 TEST_P(ChannelTest, WindowViolationAbortsOnlyThatStream) {
