@@ -23,16 +23,6 @@ ChannelConfig fit_window(ChannelConfig config, bool can_splice) {
   return config;
 }
 
-PacketHeader header(std::uint32_t program, std::uint32_t proc, PacketType type,
-                    std::uint32_t serial, PacketStatus status) {
-  return make_header(program, proc, type, serial, status);
-}
-
-PacketHeader stream_header(std::uint32_t serial, PacketStatus status) {
-  return header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                PacketType::stream, serial, status);
-}
-
 PacketHeader reply_to(const PacketHeader& call, PacketStatus status) {
   PacketHeader r = call;
   r.type = static_cast<std::uint32_t>(PacketType::reply);
@@ -87,8 +77,8 @@ void Channel::start() {
     hello_serial_ = streams_.next_serial();
     std::vector<std::uint8_t> body;
     encode_hello(body, local_hello());
-    send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::hello), PacketType::call,
-                       hello_serial_, PacketStatus::ok),
+    send_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::hello), PacketType::call,
+                            hello_serial_, PacketStatus::ok),
                 body);
   }
 }
@@ -111,8 +101,8 @@ void Channel::on_keepalive_tick() {
     return;
   }
   if (silent >= config_.keepalive_interval && hello_done_) {
-    send_packet(header(kKeepaliveProgram, static_cast<std::uint32_t>(KeepaliveProc::ping),
-                       PacketType::message, 0, PacketStatus::ok));
+    send_packet(make_header(kKeepaliveProgram, static_cast<std::uint32_t>(KeepaliveProc::ping),
+                            PacketType::message, 0, PacketStatus::ok));
   }
   arm_keepalive();
 }
@@ -149,8 +139,8 @@ void Channel::dispatch(const PacketHeader& h, std::span<const std::uint8_t> body
   }
   if (h.program == kKeepaliveProgram) {
     if (h.procedure == static_cast<std::uint32_t>(KeepaliveProc::ping)) {
-      send_packet(header(kKeepaliveProgram, static_cast<std::uint32_t>(KeepaliveProc::pong),
-                         PacketType::message, 0, PacketStatus::ok));
+      send_packet(make_header(kKeepaliveProgram, static_cast<std::uint32_t>(KeepaliveProc::pong),
+                              PacketType::message, 0, PacketStatus::ok));
     }
     return;
   }
@@ -274,12 +264,12 @@ void Channel::call(std::uint32_t procedure, std::span<const std::uint8_t> body,
                    ReplyHandler on_reply) {
   const std::uint32_t serial = streams_.next_serial();
   if (closing_) {
-    on_reply(header(kProgram, procedure, PacketType::reply, serial, PacketStatus::error),
+    on_reply(make_header(kProgram, procedure, PacketType::reply, serial, PacketStatus::error),
              error_body(ErrorCode::shutdown, "channel closed: " + close_reason_));
     return;
   }
   pending_calls_.emplace(serial, std::move(on_reply));
-  send_packet(header(kProgram, procedure, PacketType::call, serial, PacketStatus::ok), body);
+  send_packet(make_header(kProgram, procedure, PacketType::call, serial, PacketStatus::ok), body);
 }
 
 void Channel::reply(const PacketHeader& call, std::span<const std::uint8_t> body) {
@@ -336,8 +326,8 @@ void Channel::connected(std::uint32_t serial, const Status& result) {
   Stream* s = streams_.find(serial);
   if (s == nullptr) return;
   const PacketHeader call =
-      header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-             PacketType::call, serial, PacketStatus::ok);
+      make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                  PacketType::call, serial, PacketStatus::ok);
   if (!result) {
     const std::string msg =
         fmt::format("target '{}' ({}): {}", s->target(), s->tag(), result.error().message);
@@ -367,8 +357,8 @@ void Channel::open_stream(unique_fd local, const std::string& target, const std:
                                         config_.window, chunk, splice_));
   std::vector<std::uint8_t> body;
   encode_open_tunnel(body, OpenTunnel{target, 0});
-  send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                     PacketType::call, serial, PacketStatus::ok),
+  send_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                          PacketType::call, serial, PacketStatus::ok),
               body);
 }
 
@@ -435,8 +425,8 @@ void Channel::send_error(std::uint32_t serial, const RemoteError& e) {
 void Channel::grant_credit(std::uint32_t serial, std::uint32_t bytes) {
   std::vector<std::uint8_t> body;
   encode_credit(body, bytes);
-  send_packet(header(kProgram, static_cast<std::uint32_t>(Proc::stream_credit), PacketType::message,
-                     serial, PacketStatus::ok),
+  send_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::stream_credit),
+                          PacketType::message, serial, PacketStatus::ok),
               body);
 }
 
@@ -477,7 +467,7 @@ void Channel::close(const std::string& reason) {
   auto pending = std::move(pending_calls_);
   pending_calls_.clear();
   for (auto& [serial, handler] : pending) {
-    handler(header(kProgram, 0, PacketType::reply, serial, PacketStatus::error),
+    handler(make_header(kProgram, 0, PacketType::reply, serial, PacketStatus::error),
             error_body(ErrorCode::shutdown, "channel closed: " + reason));
   }
   in_.stop();

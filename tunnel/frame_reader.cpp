@@ -49,6 +49,13 @@ void FrameReader::on_wait_done(int res) {
   pump();
 }
 
+namespace {
+// A framing error: the peer's byte stream can no longer be trusted.
+Error malformed(const Error& e) {
+  return Error{e.code, "malformed data from peer: " + e.message};
+}
+}  // namespace
+
 void FrameReader::end(const Status& why) {
   stopped_ = true;
   sink_.on_read_ended(why);
@@ -112,7 +119,7 @@ void FrameReader::deliver_buffered() {
     Result<std::optional<Frame>> d =
         decode_packet(std::span(buf_).subspan(start_, end_ - start_), kMaxPacket);
     if (!d) {
-      end(Error{d.error().code, "malformed data from peer: " + d.error().message});
+      end(malformed(d.error()));
       return;
     }
     if (!*d) return;
@@ -154,7 +161,7 @@ bool FrameReader::read_spliced() {
       end_ += n;
       Result<Event> e = steps_.on_prefix_bytes(std::span(buf_).first(end_));
       if (!e) {
-        end(Error{e.error().code, "malformed data from peer: " + e.error().message});
+        end(malformed(e.error()));
         return false;
       }
       event = *e;

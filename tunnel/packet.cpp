@@ -75,6 +75,11 @@ PacketHeader make_header(std::uint32_t program, std::uint32_t procedure, PacketT
                       static_cast<std::uint32_t>(status)};
 }
 
+PacketHeader stream_header(std::uint32_t serial, PacketStatus status) {
+  return make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                     PacketType::stream, serial, status);
+}
+
 void write_prefix(std::uint8_t* out, PacketHeader h, std::size_t body_len) {
   store_be32(out, static_cast<std::uint32_t>(kPrefixSize + body_len));
   store_be32(out + 4, h.program);

@@ -38,6 +38,9 @@ Status check_header(const PacketHeader& h);
 PacketHeader make_header(std::uint32_t program, std::uint32_t procedure, PacketType type,
                          std::uint32_t serial, PacketStatus status);
 
+// The header of a STREAM packet of the stream opened by OPEN_TUNNEL call `serial`.
+PacketHeader stream_header(std::uint32_t serial, PacketStatus status);
+
 // Writes the 28-byte prefix (length word + header) for a body of body_len bytes.
 void write_prefix(std::uint8_t* out, PacketHeader h, std::size_t body_len);
 

@@ -38,10 +38,6 @@ void make_pipe(unique_fd& r, unique_fd& w, std::size_t size) {
   }
 }
 
-PacketHeader stream_header(std::uint32_t serial) {
-  return make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
-                     PacketType::stream, serial, PacketStatus::cont);
-}
 }  // namespace
 
 Stream::Stream(StreamLink& link, std::uint32_t serial, std::string target, std::string tag,
@@ -166,7 +162,7 @@ void Stream::on_recv(int res) {
   bytes_to_peer_ += got;
   TxBuffer& buf = tx_[receiving_index_];
   buf.free = false;  // lent to the write queue
-  write_prefix(buf.bytes.data(), stream_header(serial_), got);
+  write_prefix(buf.bytes.data(), stream_header(serial_, PacketStatus::cont), got);
   link_.send_payload(
       BufferLease(*this, receiving_index_, std::span(buf.bytes.data(), kPrefixSize + got)));
   arm_recv();
@@ -202,7 +198,7 @@ void Stream::fill_pipe() {
     tx_piped_ += got;
     bytes_to_peer_ += got;
     PipeLease lease(*this, tx_pipe_r_.get(), got);
-    write_prefix(lease.prefix().data(), stream_header(serial_), got);
+    write_prefix(lease.prefix().data(), stream_header(serial_, PacketStatus::cont), got);
     link_.send_payload(std::move(lease));
   }
 }
