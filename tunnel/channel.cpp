@@ -240,7 +240,8 @@ void Channel::handle_hello_call(const PacketHeader& h, std::span<const std::uint
   std::vector<std::uint8_t> out;
   encode_hello(out, local_hello());
   send_packet(reply_to(h, PacketStatus::ok), out);
-  spdlog::info("{}: channel ready (peer host '{}', id {})", peer_, peer->hostname, peer->host_id);
+  spdlog::info("{}: channel ready (peer host '{}', id {}, over {})", peer_, peer->hostname,
+               peer->host_id, transport_->describe());
   if (events_.on_ready) events_.on_ready(peer_hello_);
 }
 

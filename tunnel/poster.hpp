@@ -22,7 +22,6 @@ class Poster {
   }
   // Expires when the Poster is destroyed.
   std::weak_ptr<bool> liveness() const { return alive_; }
-  boost::asio::io_context& io() { return io_; }
 
  private:
   boost::asio::io_context& io_;
