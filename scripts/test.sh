@@ -14,6 +14,11 @@ build_dir=${BUILD_DIR:-build}
 # RelWithDebInfo is what CMakeLists.txt builds when no type is given.
 build_type=${BUILD_TYPE:-RelWithDebInfo}
 cmake_args=(-G Ninja -DNBDTUNNEL_WERROR=ON)
+# ccache, where installed, makes rebuilds of other checkouts of the tree cheap.
+if command -v ccache >/dev/null; then
+  cmake_args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$root} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
+fi
 if [[ -n "${SANITIZE:-}" ]]; then
   build_dir=${BUILD_DIR:-build-asan}
   build_type=${BUILD_TYPE:-Debug}
