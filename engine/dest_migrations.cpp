@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "engine/migration_protocol.hpp"
@@ -66,10 +67,11 @@ void DestMigrations::on_call(tunnel::Channel& channel, const tunnel::PacketHeade
                       fmt::format("unknown procedure {}", call.procedure));
 }
 
-std::optional<std::string> DestMigrations::resolve(const std::string& target) const {
+std::optional<std::string> DestMigrations::resolve(const tunnel::Channel& channel,
+                                                   const std::string& target) const {
   if (target.rfind(kTargetPrefix, 0) != 0) return std::nullopt;
   auto it = migrations_.find(target.substr(std::string_view(kTargetPrefix).size()));
-  if (it == migrations_.end()) return std::nullopt;
+  if (it == migrations_.end() || it->second.owner != &channel) return std::nullopt;
   return it->second.socket;
 }
 
@@ -102,12 +104,29 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
     co_return;
   }
   const bool check_only = (req.flags & kPrepareCheckOnly) != 0;
-  if (!check_only && !migrations_.empty()) {
-    fail(tunnel::ErrorCode::limit,
-         fmt::format("the destination QEMU is already serving migration '{}'",
-                     migrations_.begin()->first));
-    co_return;
+  if (!check_only) {
+    // The previous migration may still be being cleaned up: wait for that, not for a live one.
+    for (int i = 0; i < 300 && teardowns_ > 0 && migrations_.empty() && !preparing_; ++i) {
+      boost::asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(boost::asio::use_awaitable);
+    }
+    if (alive.expired()) co_return;
+    if (!migrations_.empty() || preparing_ || teardowns_ > 0) {
+      // Which migration, and for whom, is not this peer's business.
+      fail(tunnel::ErrorCode::limit,
+           "the destination QEMU is already serving another migration; try again when it has "
+           "finished");
+      co_return;
+    }
   }
+  // Holds the slot from here until this PREPARE has registered its migration or given up.
+  struct SlotGuard {
+    bool& flag;
+    explicit SlotGuard(bool& f) : flag(f) { flag = true; }
+    ~SlotGuard() { flag = false; }
+  };
+  std::optional<SlotGuard> slot;
+  if (!check_only) slot.emplace(preparing_);
   PreparedMigration m;
   m.id = req.migration_id;
   m.owner = channel;
@@ -191,10 +210,11 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
   }
   const Finish req = std::move(*decoded);
   auto it = migrations_.find(req.migration_id);
-  if (it == migrations_.end()) {
+  if (it == migrations_.end() || it->second.owner != channel) {
     if (!alive.expired()) {
-      channel->reply_error(call, tunnel::ErrorCode::protocol,
-                           fmt::format("no prepared migration '{}'", req.migration_id));
+      channel->reply_error(
+          call, tunnel::ErrorCode::protocol,
+          fmt::format("no migration '{}' was prepared on this channel", req.migration_id));
     }
     co_return;
   }
@@ -206,6 +226,11 @@ boost::asio::awaitable<void> DestMigrations::finish(std::weak_ptr<bool> alive,
 }
 
 boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::string why) {
+  ++teardowns_;
+  struct Done {
+    int& count;
+    ~Done() { --count; }
+  } done{teardowns_};
   spdlog::info("migration '{}': removing its exports ({})", m.id, why);
   try {
     qmp::QmpClient& q = *co_await client();

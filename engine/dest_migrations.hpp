@@ -1,7 +1,9 @@
 #pragma once
 // The destination's side of `nbdtunnel migrate`: PREPARE checks the destination QEMU's nodes and
 // exports them through an NBD server on a private UNIX socket; FINISH (or an abort, or the
-// channel dying) removes exactly what PREPARE created.
+// channel dying) removes exactly what PREPARE created. A migration belongs to the channel that
+// prepared it: only that channel may open its streams or finish it, and no other peer learns
+// its id.
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -28,8 +30,10 @@ class DestMigrations {
   // Serves a call the channel forwarded: PREPARE, FINISH, and ERROR (unsupported) to any other.
   void on_call(tunnel::Channel& channel, const tunnel::PacketHeader& call,
                std::span<const std::uint8_t> body);
-  // The socket for an OPEN_TUNNEL target "migration/<id>", if such a migration is prepared.
-  std::optional<std::string> resolve(const std::string& target) const;
+  // The socket for an OPEN_TUNNEL target "migration/<id>", if that migration was prepared over
+  // this channel: no other channel may open its streams.
+  std::optional<std::string> resolve(const tunnel::Channel& channel,
+                                     const std::string& target) const;
   // Aborts the migrations prepared over a channel that has closed.
   void channel_closed(tunnel::Channel& channel);
   // Aborts every migration; done runs when all cleanup has finished.
@@ -62,7 +66,9 @@ class DestMigrations {
   std::string run_dir_;
   std::unique_ptr<qmp::QmpClient> qmp_;
   std::map<std::string, PreparedMigration> migrations_;
-  int busy_ = 0;  // coroutines in flight
+  int busy_ = 0;            // coroutines in flight
+  bool preparing_ = false;  // a PREPARE holds the destination QEMU (one migration at a time)
+  int teardowns_ = 0;       // migrations being removed
   std::function<void()> on_idle_;
 };
 

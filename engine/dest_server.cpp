@@ -11,7 +11,9 @@ DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOpti
     : io_(io),
       ring_(ring),
       options_(std::move(options)),
-      migrations_(io, options_.qmp_path, options_.run_dir) {}
+      migrations_(io, options_.qmp_path, options_.run_dir) {
+  if (!options_.admission) options_.admission = std::make_shared<Admission>(AdmissionLimits{});
+}
 
 bool DestServer::start(std::string& error) {
   tunnel::Result<tunnel::unique_fd> fd = tunnel::listen_tcp(options_.listen, options_.reuse_port);
@@ -34,15 +36,13 @@ bool DestServer::start(std::string& error) {
   return true;
 }
 
-tunnel::Result<std::string> DestServer::resolve_target(const std::string& name) const {
-  if (auto prepared = migrations_.resolve(name)) return *prepared;
+tunnel::Result<std::string> DestServer::resolve_target(const tunnel::Channel& channel,
+                                                       const std::string& name) const {
+  if (auto prepared = migrations_.resolve(channel, name)) return *prepared;
   auto it = options_.targets.find(name);
-  if (it == options_.targets.end()) {
-    std::string known;
-    for (const auto& [n, p] : options_.targets) known += (known.empty() ? "" : ", ") + n;
-    return tunnel::input_error(fmt::format("unknown target '{}' (this destination serves: {})",
-                                           name, known.empty() ? "none" : known));
-  }
+  // Which targets exist is not for a peer that asks for a wrong one to learn.
+  if (it == options_.targets.end())
+    return tunnel::input_error(fmt::format("unknown target '{}'", name));
   return it->second;
 }
 
@@ -53,9 +53,41 @@ void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
   }
   tunnel::unique_fd client = std::move(*accepted);
   const std::string peer = tunnel::peer_endpoint(client.get());
+  tunnel::Result<Admission::Ticket> ticket =
+      options_.admission->admit(tunnel::peer_host(client.get()));
+  if (!ticket) {
+    note_refusal(peer, ticket.error().message);
+    return;  // the connection closes with client
+  }
   spdlog::info("channel from {} accepted", peer);
+  start_channel(std::make_unique<tunnel::SocketTransport>(ring_, std::move(client)), peer,
+                std::move(*ticket));
+}
+
+void DestServer::note_refusal(const std::string& peer, const std::string& why) {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_refusal_log_ < std::chrono::seconds(1)) {
+    ++refusals_unlogged_;
+    return;
+  }
+  if (refusals_unlogged_ > 0) {
+    spdlog::warn("refusing connection from {}: {} ({} more refused since the last message)", peer,
+                 why, refusals_unlogged_);
+  } else {
+    spdlog::warn("refusing connection from {}: {}", peer, why);
+  }
+  last_refusal_log_ = now;
+  refusals_unlogged_ = 0;
+}
+
+void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
+                               const std::string& peer, Admission::Ticket ticket) {
+  auto place = std::make_shared<Admission::Ticket>(std::move(ticket));
   tunnel::ChannelEvents events;
-  events.resolve_target = [this](const std::string& name) { return resolve_target(name); };
+  events.resolve_target = [this](const tunnel::Channel& ch, const std::string& name) {
+    return resolve_target(ch, name);
+  };
+  events.on_ready = [place](const tunnel::Hello&) { place->authenticated(); };
   events.on_closed = [this, peer](tunnel::Channel& ch, const std::string& reason) {
     spdlog::info("channel from {} closed: {}", peer, reason);
     migrations_.channel_closed(ch);
@@ -66,11 +98,11 @@ void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
                           std::span<const std::uint8_t> body) {
     migrations_.on_call(ch, call, body);
   };
-  auto channel = std::make_unique<tunnel::Channel>(
-      io_, ring_, std::make_unique<tunnel::SocketTransport>(ring_, std::move(client)),
-      tunnel::Channel::Role::responder, peer, options_.channel, std::move(events));
+  auto channel = std::make_unique<tunnel::Channel>(io_, ring_, std::move(transport),
+                                                   tunnel::Channel::Role::responder, peer,
+                                                   options_.channel, std::move(events));
   tunnel::Channel* raw = channel.get();
-  channels_.emplace(raw, std::move(channel));
+  channels_.emplace(raw, Connection{std::move(channel), std::move(place)});
   raw->start();
 }
 
@@ -78,7 +110,7 @@ void DestServer::stop(std::function<void()> done) {
   on_stopped_ = std::move(done);
   if (acceptor_) acceptor_->stop();
   std::vector<tunnel::Channel*> open;
-  for (auto& [raw, ch] : channels_) open.push_back(raw);
+  for (auto& [raw, connection] : channels_) open.push_back(raw);
   for (auto* ch : open) ch->close("destination is shutting down");
   maybe_stopped();
 }

@@ -2,11 +2,13 @@
 // `nbdtunnel dest`: accepts channels on TCP and splices each opened stream into a named target.
 
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
 
+#include "engine/admission.hpp"
 #include "engine/dest_migrations.hpp"
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
@@ -21,7 +23,8 @@ struct DestOptions {
   std::string qmp_path;                        // destination QEMU's QMP socket, for PREPARE
   std::string run_dir;                         // private directory for prepared NBD sockets
   bool reuse_port = false;                     // several servers share the port (--threads)
-  tunnel::ChannelConfig channel;
+  tunnel::ChannelConfig channel;               // its stream_budget is the daemon's stream limit
+  std::shared_ptr<Admission> admission;        // the daemon's connection limits (all threads)
 };
 
 class DestServer {
@@ -35,8 +38,19 @@ class DestServer {
   const std::string& bound() const { return bound_; }
 
  private:
+  // One accepted connection: its channel and its place among the daemon's connections.
+  struct Connection {
+    std::unique_ptr<tunnel::Channel> channel;
+    std::shared_ptr<Admission::Ticket> ticket;
+  };
+
   void on_accept(tunnel::Result<tunnel::unique_fd> accepted);
-  tunnel::Result<std::string> resolve_target(const std::string& name) const;
+  void start_channel(std::unique_ptr<tunnel::Transport> transport, const std::string& peer,
+                     Admission::Ticket ticket);
+  // A connection refused for a limit: logged, but at most once a second in a flood.
+  void note_refusal(const std::string& peer, const std::string& why);
+  tunnel::Result<std::string> resolve_target(const tunnel::Channel& channel,
+                                             const std::string& name) const;
   void maybe_stopped();
 
   boost::asio::io_context& io_;
@@ -44,7 +58,9 @@ class DestServer {
   DestOptions options_;
   std::string bound_;
   std::unique_ptr<tunnel::Acceptor> acceptor_;
-  std::map<tunnel::Channel*, std::unique_ptr<tunnel::Channel>> channels_;
+  std::map<tunnel::Channel*, Connection> channels_;
+  std::chrono::steady_clock::time_point last_refusal_log_{};
+  std::size_t refusals_unlogged_ = 0;
   DestMigrations migrations_;
   std::function<void()> on_stopped_;
 };

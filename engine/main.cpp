@@ -1,9 +1,11 @@
 // The nbdtunnel command: `dest`, `source` and `migrate`, one function pair (options, run) each.
 
 #include <fmt/format.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -171,7 +173,36 @@ struct DestArgs {
   std::string qmp;
   std::string run_dir;
   unsigned threads = 1;
+  engine::AdmissionLimits limits;
+  std::size_t max_streams = 0;  // 0: from the descriptor limit
+  std::size_t max_channel_streams = 256;
+  double idle_timeout = 600;
 };
+
+// Descriptors each open stream may hold: its local socket and, in splice mode, two pipes.
+constexpr std::size_t kFdsPerStream = 5;
+// Descriptors kept for everything but streams: listeners, QMP, logs, and the channels.
+constexpr std::size_t kFdReserve = 64;
+
+// Raises the soft descriptor limit to the hard one (as a server should) and returns it.
+std::size_t raise_fd_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlimit raised = rl;
+    raised.rlim_cur = rl.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20
+                                      : static_cast<std::size_t>(rl.rlim_cur);
+}
+
+// The daemon-wide stream limit that leaves descriptors for every allowed channel: at most 4096.
+std::size_t default_max_streams(std::size_t fd_limit, std::size_t max_channels) {
+  const std::size_t reserved = kFdReserve + max_channels;
+  if (fd_limit <= reserved + kFdsPerStream) return 1;
+  return std::min<std::size_t>(4096, (fd_limit - reserved) / kFdsPerStream);
+}
 
 CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
   CLI::App* dest = app.add_subcommand(
@@ -189,6 +220,31 @@ CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
   dest->add_option("--run-dir", a.run_dir,
                    "directory for the NBD sockets of prepared migrations (default: a private "
                    "temporary directory)");
+  dest->add_option("--max-channels", a.limits.max_channels,
+                   "channels open at once, authenticated or not; more are closed on accept")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100000}))
+      ->capture_default_str();
+  dest->add_option("--max-handshakes", a.limits.max_handshakes,
+                   "connections at once that have not finished their handshake (TLS and HELLO)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100000}))
+      ->capture_default_str();
+  dest->add_option("--max-handshakes-per-address", a.limits.max_handshakes_per_address,
+                   "of those, from one source address")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100000}))
+      ->capture_default_str();
+  dest->add_option("--max-streams", a.max_streams,
+                   "streams open at once over all channels (default: what the descriptor limit "
+                   "allows after reserving some for channels, at most 4096)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+  dest->add_option("--max-channel-streams", a.max_channel_streams,
+                   "streams open at once on one channel")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{65536}))
+      ->capture_default_str();
+  dest->add_option("--idle-timeout", a.idle_timeout,
+                   "seconds a channel may stay open with no stream and no call before it is "
+                   "closed (0: never)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
   dest->add_option("--threads", a.threads,
                    "threads, each with its own io_uring, serving channels (the kernel spreads "
                    "new channels among them)")
@@ -216,8 +272,20 @@ int run_dest(DestArgs a) {
     return usage_error("dest needs at least one --target NAME=PATH, or --qmp PATH");
   }
   o.channel = channel_config(a.common);
+  o.channel.max_streams = a.max_channel_streams;
+  o.channel.idle_timeout = std::chrono::milliseconds(static_cast<long>(a.idle_timeout * 1000));
   o.qmp_path = a.qmp;
   setup_logging(a.common.log_level);
+  const std::size_t fd_limit = raise_fd_limit();
+  const std::size_t max_streams =
+      a.max_streams != 0 ? a.max_streams : default_max_streams(fd_limit, a.limits.max_channels);
+  o.channel.stream_budget = std::make_shared<tunnel::StreamBudget>(max_streams);
+  o.admission = std::make_shared<engine::Admission>(a.limits);
+  spdlog::info(
+      "limits: {} channels, {} in handshake ({} per address), {} streams ({} per "
+      "channel), {} descriptors",
+      a.limits.max_channels, a.limits.max_handshakes, a.limits.max_handshakes_per_address,
+      max_streams, a.max_channel_streams, fd_limit);
   engine::PrivateDir private_dir;
   if (!a.qmp.empty() && a.run_dir.empty()) {
     if (!private_dir.create("nbdtunnel-dest", error)) {
@@ -382,6 +450,10 @@ int run_migrate(MigrateArgs a) {
 
 int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
+  // Large buffers (read buffers, stream windows) come and go with connections: a fixed mmap
+  // threshold gives their memory back to the system when they go, instead of glibc raising the
+  // threshold after the first free and keeping every later one on the heap.
+  ::mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   CLI::App app{
       "nbdtunnel carries QEMU's NBD (disk mirror) and migration connections between two hosts\n"
       "over one multiplexed, flow-controlled channel framed like libvirt's RPC protocol.\n"

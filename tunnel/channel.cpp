@@ -63,7 +63,9 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, std::unique_ptr<Transp
   out_.on_idle([this] { maybe_finish_close(); });
 }
 
-Channel::~Channel() = default;
+Channel::~Channel() {
+  for (std::size_t i = 0; i < budget_streams_.size(); ++i) config_.stream_budget->release();
+}
 
 void Channel::start() {
   handshake_timer_.expires_after(config_.handshake_timeout);
@@ -100,11 +102,27 @@ void Channel::on_keepalive_tick() {
                      std::chrono::duration_cast<std::chrono::seconds>(silent).count()));
     return;
   }
+  if (config_.idle_timeout.count() > 0 && hello_done_) {
+    if (active()) {
+      note_activity();
+    } else if (const auto idle = std::chrono::steady_clock::now() - last_active_;
+               idle >= config_.idle_timeout) {
+      const auto secs = std::chrono::duration_cast<std::chrono::seconds>(idle).count();
+      spdlog::info("{}: closing the channel: idle for {} s with no stream or call (idle timeout)",
+                   peer_, secs);
+      close(fmt::format("idle for {} s (idle timeout)", secs));
+      return;
+    }
+  }
   if (silent >= config_.keepalive_interval && hello_done_) {
     send_packet(make_header(kKeepaliveProgram, static_cast<std::uint32_t>(KeepaliveProc::ping),
                             PacketType::message, 0, PacketStatus::ok));
   }
   arm_keepalive();
+}
+
+bool Channel::active() const {
+  return streams_.size() > 0 || !pending_calls_.empty() || !served_calls_.empty();
 }
 
 // ---- Dispatch ----
@@ -132,6 +150,10 @@ void Channel::on_read_ended(const Status& why) {
 }
 
 void Channel::dispatch(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  if (!hello_done_) {
+    dispatch_before_hello(h, body);
+    return;
+  }
   if (Status s = check_header(h); !s) {
     // The frame itself is intact, so only this packet is refused.
     reject(h, ErrorCode::protocol, s.error().message);
@@ -149,25 +171,11 @@ void Channel::dispatch(const PacketHeader& h, std::span<const std::uint8_t> body
     return;
   }
   if (h.version != kProgramVersion) {
-    reject(h, ErrorCode::unsupported,
-           fmt::format("program version {} is not supported (this side speaks {})", h.version,
-                       kProgramVersion));
+    reject(h, ErrorCode::unsupported, version_mismatch(h.version));
     return;
   }
   const auto type = static_cast<PacketType>(h.type);
   const auto proc = static_cast<Proc>(h.procedure);
-  if (!hello_done_) {
-    if (role_ == Role::responder && type == PacketType::call && proc == Proc::hello) {
-      handle_hello_call(h, body);
-    } else if (role_ == Role::initiator && type == PacketType::reply && proc == Proc::hello &&
-               h.serial == hello_serial_) {
-      handle_hello_reply(h, body);
-    } else {
-      reject(h, ErrorCode::handshake_required, "HELLO must be the first call on a channel");
-      fail(fmt::format("peer sent {} procedure {} before HELLO", type_name(h.type), h.procedure));
-    }
-    return;
-  }
   switch (type) {
     case PacketType::call:
       if (proc == Proc::domain_migrate_open_tunnel && role_ == Role::responder) {
@@ -175,6 +183,13 @@ void Channel::dispatch(const PacketHeader& h, std::span<const std::uint8_t> body
       } else if (proc == Proc::hello) {
         reject(h, ErrorCode::protocol, "HELLO was already exchanged on this channel");
       } else if (events_.on_call) {
+        if (served_calls_.size() >= config_.max_pending_calls) {
+          reject(h, ErrorCode::limit,
+                 fmt::format("{} calls already in progress on this channel", served_calls_.size()));
+          return;
+        }
+        served_calls_.insert(h.serial);
+        note_activity();
         events_.on_call(*this, h, body);
       } else {
         reject(h, ErrorCode::unsupported, fmt::format("unknown procedure {}", h.procedure));
@@ -206,6 +221,33 @@ void Channel::reject(const PacketHeader& h, ErrorCode code, const std::string& m
   }
 }
 
+// Until HELLO is done the peer is a stranger: the one packet it may send is its side of HELLO.
+// Anything else (keepalives and unknown programs included) ends the connection at once, with a
+// reply saying why where the packet was a call.
+void Channel::dispatch_before_hello(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  const auto type = static_cast<PacketType>(h.type);
+  const bool hello = check_header(h) && h.program == kProgram &&
+                     h.procedure == static_cast<std::uint32_t>(Proc::hello);
+  if (hello && h.version != kProgramVersion) {
+    const std::string why = version_mismatch(h.version);
+    reject(h, ErrorCode::unsupported, why);
+    fail(why);
+  } else if (hello && role_ == Role::responder && type == PacketType::call) {
+    handle_hello_call(h, body);
+  } else if (hello && role_ == Role::initiator && type == PacketType::reply &&
+             h.serial == hello_serial_) {
+    handle_hello_reply(h, body);
+  } else {
+    reject(h, ErrorCode::handshake_required, "HELLO must be the first call on a channel");
+    fail(fmt::format("peer sent {} before HELLO", procedure_name(h.program, h.procedure)));
+  }
+}
+
+std::string Channel::version_mismatch(std::uint32_t version) {
+  return fmt::format("program version {} is not supported (this side speaks {})", version,
+                     kProgramVersion);
+}
+
 // ---- HELLO ----
 
 Hello Channel::local_hello() const {
@@ -225,6 +267,7 @@ Status Channel::accept_peer_hello(const Hello& peer) {
   peer_hello_ = peer;
   hello_done_ = true;
   handshake_timer_.cancel();
+  in_.allow_full_packets();
   return {};
 }
 
@@ -274,10 +317,12 @@ void Channel::call(std::uint32_t procedure, std::span<const std::uint8_t> body,
 }
 
 void Channel::reply(const PacketHeader& call, std::span<const std::uint8_t> body) {
+  served_calls_.erase(call.serial);
   send_packet(reply_to(call, PacketStatus::ok), body);
 }
 
 void Channel::reply_error(const PacketHeader& call, ErrorCode code, const std::string& message) {
+  served_calls_.erase(call.serial);
   send_packet(reply_to(call, PacketStatus::error), error_body(code, message));
 }
 
@@ -310,12 +355,24 @@ void Channel::handle_open(const PacketHeader& h, std::span<const std::uint8_t> b
   }
   Result<std::string> path =
       events_.resolve_target
-          ? events_.resolve_target(open->target)
+          ? events_.resolve_target(*this, open->target)
           : Result<std::string>(input_error(fmt::format("unknown target '{}'", open->target)));
   if (!path) {
     reject(h, ErrorCode::unknown_target, path.error().message);
     return;
   }
+  if (const auto& budget = config_.stream_budget) {
+    if (!budget->try_acquire()) {
+      spdlog::warn(
+          "{}: refusing a stream to '{}': this daemon has {} streams open, its limit "
+          "(--max-streams)",
+          peer_, open->target, budget->limit());
+      reject(h, ErrorCode::limit, "the destination has reached its limit of open streams");
+      return;
+    }
+    budget_streams_.insert(h.serial);
+  }
+  note_activity();
   const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
   streams_
       .add(std::make_unique<Stream>(link(), h.serial, open->target, *path, unique_fd{},
@@ -432,6 +489,7 @@ void Channel::grant_credit(std::uint32_t serial, std::uint32_t bytes) {
 }
 
 void Channel::done(std::uint32_t serial) {
+  if (budget_streams_.erase(serial) > 0) config_.stream_budget->release();
   streams_.release(serial);
   in_.stream_released(serial);
 }

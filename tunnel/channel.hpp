@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 
@@ -20,6 +21,7 @@
 #include "tunnel/protocol.hpp"
 #include "tunnel/result.hpp"
 #include "tunnel/ring.hpp"
+#include "tunnel/stream_budget.hpp"
 #include "tunnel/stream_link.hpp"
 #include "tunnel/stream_table.hpp"
 #include "tunnel/transport.hpp"
@@ -31,11 +33,17 @@ struct ChannelConfig {
   std::uint32_t window = 2u << 20;   // our receive window per stream
   std::uint32_t chunk = 256u << 10;  // payload bytes per STREAM packet we send
   std::size_t max_streams = 256;     // concurrent streams we accept
+  // Responder: the daemon-wide stream limit this channel draws from (none: no daemon limit).
+  std::shared_ptr<StreamBudget> stream_budget;
+  // Responder: calls handed to the owner (ChannelEvents::on_call) and not yet answered.
+  std::size_t max_pending_calls = 16;
   std::chrono::milliseconds handshake_timeout{10'000};
   std::chrono::milliseconds keepalive_interval{5'000};
   unsigned keepalive_count = 6;  // intervals of silence before the peer is declared dead
-  std::string host_id;           // sent in HELLO
-  std::string hostname;          // sent in HELLO
+  // A channel with no stream and no call in progress for this long is closed (0: never).
+  std::chrono::milliseconds idle_timeout{0};
+  std::string host_id;   // sent in HELLO
+  std::string hostname;  // sent in HELLO
   // true = splice (the default, as `--copy-mode` is): payloads move socket → pipe → socket in
   // the kernel in both directions, when the transport can splice. false = copy: recv into
   // buffers, copy each payload into its stream's window, send from it.
@@ -45,8 +53,10 @@ struct ChannelConfig {
 class Channel;
 
 struct ChannelEvents {
-  // Responder: the UNIX socket path for a target name, or an error saying why there is none.
-  std::function<Result<std::string>(const std::string& target)> resolve_target;
+  // Responder: the UNIX socket path for a target name opened on this channel, or an error saying
+  // why there is none (naming nothing the peer did not name itself).
+  std::function<Result<std::string>(const Channel& channel, const std::string& target)>
+      resolve_target;
   // Responder: a CALL the channel does not serve itself. Answer it with Channel::reply /
   // reply_error, now or later (guard with liveness()); without on_call it is refused as unknown.
   std::function<void(Channel& channel, const PacketHeader& call,
@@ -98,6 +108,8 @@ class Channel final : private StreamLink, private FrameSink {
   void on_spliced(std::uint32_t serial, std::size_t n) override;
   void on_read_ended(const Status& why) override;
   void dispatch(const PacketHeader& h, std::span<const std::uint8_t> body);
+  void dispatch_before_hello(const PacketHeader& h, std::span<const std::uint8_t> body);
+  static std::string version_mismatch(std::uint32_t version);
   void handle_hello_call(const PacketHeader& h, std::span<const std::uint8_t> body);
   void handle_hello_reply(const PacketHeader& h, std::span<const std::uint8_t> body);
   void handle_open(const PacketHeader& h, std::span<const std::uint8_t> body);
@@ -125,6 +137,9 @@ class Channel final : private StreamLink, private FrameSink {
   void send_packet(const PacketHeader& h, std::span<const std::uint8_t> body = {});
   void arm_keepalive();
   void on_keepalive_tick();
+  // Whether a stream or a call is in progress; when not, since when (for idle_timeout).
+  bool active() const;
+  void note_activity() { last_active_ = std::chrono::steady_clock::now(); }
   void fail(const std::string& reason);
   void maybe_finish_close();
 
@@ -144,6 +159,9 @@ class Channel final : private StreamLink, private FrameSink {
   Hello peer_hello_;
   std::uint32_t hello_serial_ = 0;
   std::map<std::uint32_t, ReplyHandler> pending_calls_;
+  std::set<std::uint32_t> served_calls_;    // calls with the owner, not yet answered
+  std::set<std::uint32_t> budget_streams_;  // streams holding a place in the stream budget
+  std::chrono::steady_clock::time_point last_active_ = std::chrono::steady_clock::now();
 
   boost::asio::steady_timer handshake_timer_;
   boost::asio::steady_timer keepalive_timer_;

@@ -34,5 +34,9 @@ Result<unique_fd> listen_tcp(const Endpoint& ep, bool reuse_port = false);
 std::string local_endpoint(int fd);
 // The peer address of a connected socket, as HOST:PORT.
 std::string peer_endpoint(int fd);
+// The peer's IP address alone (no port), e.g. to count connections per source host.
+std::string peer_host(int fd);
+// Whether host (a name or an address literal) means this machine's loopback only.
+bool is_loopback(const std::string& host);
 
 }  // namespace nbdtunnel::tunnel

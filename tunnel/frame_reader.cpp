@@ -16,7 +16,7 @@ FrameReader::FrameReader(Transport& transport, Ring& ring, Poster& poster, Frame
       poster_(poster),
       sink_(sink),
       splice_(splice),
-      buf_(kBufferSize),
+      buf_(kHandshakeMaxPacket),
       last_read_(std::chrono::steady_clock::now()) {
   op_.set_handler([this](int res, std::uint32_t) { on_wait_done(res); });
 }
@@ -106,18 +106,29 @@ bool FrameReader::read_copy() {
   if (stopped_) return false;
   if (start_ == end_) {
     start_ = end_ = 0;
-  } else if (buf_.size() - end_ < kMaxPacket) {
+  } else if (buf_.size() - end_ < max_packet_) {
     std::memmove(buf_.data(), buf_.data() + start_, end_ - start_);
     end_ -= start_;
     start_ = 0;
   }
+  // A full buffer means more is waiting: once full packets are allowed, read in large pieces.
+  if (end_ == buf_.size() && max_packet_ > buf_.size()) reserve(kBufferSize);
   return true;
+}
+
+void FrameReader::reserve(std::size_t size) {
+  if (buf_.size() >= size) return;
+  std::vector<std::uint8_t> bigger(size);
+  std::memcpy(bigger.data(), buf_.data() + start_, end_ - start_);
+  end_ -= start_;
+  start_ = 0;
+  buf_ = std::move(bigger);
 }
 
 void FrameReader::deliver_buffered() {
   while (!stopped_) {
     Result<std::optional<Frame>> d =
-        decode_packet(std::span(buf_).subspan(start_, end_ - start_), kMaxPacket);
+        decode_packet(std::span(buf_).subspan(start_, end_ - start_), max_packet_);
     if (!d) {
       end(malformed(d.error()));
       return;
@@ -167,10 +178,18 @@ bool FrameReader::read_spliced() {
       event = *e;
       if (event == Event::header) {
         const PacketHeader& h = steps_.header();
+        if (h.length > max_packet_) {
+          end(
+              input_error(fmt::format("malformed data from peer: packet of {} bytes before the "
+                                      "handshake is done (at most {})",
+                                      h.length, max_packet_)));
+          return false;
+        }
         const bool splice_ok =
             FrameSteps::spliceable(h) && sink_.splice_pipe(h.serial, steps_.body_size()) >= 0;
         event = steps_.choose_body(splice_ok);
         if (steps_.kind() == Kind::splice) end_ = 0;  // the header is kept by steps_
+        if (steps_.kind() == Kind::body) reserve(h.length);
       }
       break;
     }

@@ -5,6 +5,10 @@
 // transport straight into its stream's pipe. The reader knows streams only by serial: it asks
 // its sink for a stream's pipe at every splice, so a stream closed mid-payload simply has the
 // rest of its payload discarded.
+// Memory: an unauthenticated connection must cost kilobytes, so the buffer starts small and packets
+// are limited to kHandshakeMaxPacket until the channel calls allow_full_packets() (HELLO done);
+// after that the buffer grows to what the traffic needs (kBufferSize in copy mode, one packet in
+// splice mode) and stays that size.
 
 #include <chrono>
 #include <cstdint>
@@ -39,7 +43,11 @@ class FrameReader {
  public:
   // Reads made in a row before the reader lets other work on the thread run.
   static constexpr int kBudget = 64;
+  // Copy mode's buffer once traffic flows: many packets per read.
   static constexpr std::size_t kBufferSize = 4u << 20;
+  // The buffer of a new connection, and the largest packet accepted before HELLO is done (a
+  // HELLO is well below it).
+  static constexpr std::size_t kHandshakeMaxPacket = 16u << 10;
 
   FrameReader(Transport& transport, Ring& ring, Poster& poster, FrameSink& sink, bool splice);
   FrameReader(const FrameReader&) = delete;
@@ -54,6 +62,9 @@ class FrameReader {
   // A stream left the table: if the reader waits for room in its pipe, it stops waiting.
   void stream_released(std::uint32_t serial);
   std::chrono::steady_clock::time_point last_read() const { return last_read_; }
+  // The handshake is done: packets up to kMaxPacket are accepted from now on.
+  void allow_full_packets() { max_packet_ = kMaxPacket; }
+  std::size_t buffer_size() const { return buf_.size(); }
 
  private:
   void pump();
@@ -63,6 +74,8 @@ class FrameReader {
   // The read or splice returned r: false (after waiting or ending) unless bytes came in.
   bool settle(const Result<std::size_t>& r, int pipe);
   void deliver_buffered();
+  // Makes room for a packet of size bytes at the start of the buffer (unconsumed bytes kept).
+  void reserve(std::size_t size);
   void end(const Status& why);
   void on_wait_done(int res);
 
@@ -71,6 +84,7 @@ class FrameReader {
   Poster& poster_;
   FrameSink& sink_;
   const bool splice_;
+  std::size_t max_packet_ = kHandshakeMaxPacket;
   FrameSteps steps_;
   std::vector<std::uint8_t> buf_;
   std::size_t start_ = 0, end_ = 0;  // unconsumed bytes of buf_

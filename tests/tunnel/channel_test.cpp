@@ -40,7 +40,7 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
     peer_ = testing::RawPeer(unique_fd(fds[1]));
     ChannelEvents events;
-    events.resolve_target = [this](const std::string& name) -> Result<std::string> {
+    events.resolve_target = [this](const Channel&, const std::string& name) -> Result<std::string> {
       auto it = targets_.find(name);
       if (it == targets_.end()) return input_error("unknown target '" + name + "'");
       return it->second;
