@@ -179,10 +179,9 @@ bool FrameReader::read_spliced() {
       if (event == Event::header) {
         const PacketHeader& h = steps_.header();
         if (h.length > max_packet_) {
-          end(
-              input_error(fmt::format("malformed data from peer: packet of {} bytes before the "
-                                      "handshake is done (at most {})",
-                                      h.length, max_packet_)));
+          end(input_error(
+              fmt::format("malformed data from peer: packet length {} exceeds the limit of {}",
+                          h.length, max_packet_)));
           return false;
         }
         const bool splice_ok =

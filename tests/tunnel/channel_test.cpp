@@ -45,6 +45,11 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
       if (it == targets_.end()) return input_error("unknown target '" + name + "'");
       return it->second;
     };
+    if (hold_calls_) {
+      events.on_call = [this](Channel&, const PacketHeader&, std::span<const std::uint8_t>) {
+        ++held_calls_;  // never answered
+      };
+    }
     events.on_closed = [this](Channel&, const std::string& reason) {
       std::lock_guard lock(mu_);
       close_reason_ = reason;
@@ -185,6 +190,8 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
   std::mutex mu_;
   std::string close_reason_;
   std::atomic<bool> closed_{false};
+  bool hold_calls_ = false;
+  std::atomic<int> held_calls_{0};
 };
 
 TEST_P(ChannelTest, HelloReplyCarriesOurLimits) {
@@ -211,6 +218,88 @@ TEST_P(ChannelTest, CallBeforeHelloIsRefusedAndChannelClosed) {
   EXPECT_TRUE(peer_sees_eof(3s));
   for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_NE(close_reason().find("before HELLO"), std::string::npos) << close_reason();
+}
+
+// Before HELLO, nothing is served: not even a keepalive or a packet of another program.
+TEST_P(ChannelTest, KeepaliveBeforeHelloClosesTheChannel) {
+  ChannelConfig c;
+  c.handshake_timeout = 60s;  // what closes the channel must be the packet, not the timeout
+  start(c);
+  send(hdr(1, PacketType::message, 0, PacketStatus::ok, kKeepaliveProgram));
+  EXPECT_TRUE(peer_sees_eof(10s));
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("before HELLO"), std::string::npos) << close_reason();
+}
+
+TEST_P(ChannelTest, UnknownProgramBeforeHelloClosesTheChannel) {
+  ChannelConfig c;
+  c.handshake_timeout = 60s;
+  start(c);
+  send(hdr(1, PacketType::call, 1, PacketStatus::ok, 0x20008086));
+  EXPECT_TRUE(peer_sees_eof(10s));
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("before HELLO"), std::string::npos) << close_reason();
+}
+
+// A stranger cannot make the channel buffer more than a HELLO needs.
+TEST_P(ChannelTest, LargePacketBeforeHelloClosesTheChannel) {
+  ChannelConfig c;
+  c.handshake_timeout = 60s;
+  start(c);
+  send(hdr(1, PacketType::call, 1), Bytes(64 * 1024, 'x'));
+  EXPECT_TRUE(peer_sees_eof(10s));
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("limit of 16384"), std::string::npos) << close_reason();
+}
+
+TEST_P(ChannelTest, IdleChannelIsClosed) {
+  ChannelConfig c;
+  c.keepalive_interval = 100ms;
+  c.idle_timeout = 300ms;
+  start(c);
+  hello();
+  // The peer keeps answering nothing but keepalives: that is not activity.
+  EXPECT_TRUE(peer_sees_eof(10s));
+  for (int i = 0; i < 100 && !closed_; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(close_reason().find("idle"), std::string::npos) << close_reason();
+}
+
+TEST_P(ChannelTest, CallsPastTheLimitAreRefused) {
+  hold_calls_ = true;
+  ChannelConfig c;
+  c.max_pending_calls = 4;
+  start(c);
+  hello();
+  for (std::uint32_t serial = 10; serial < 14; ++serial) send(hdr(100, PacketType::call, serial));
+  send(hdr(100, PacketType::call, 14));
+  RemoteError e = expect_error(read_non_credit(), PacketType::reply, 14);
+  EXPECT_EQ(e.code, static_cast<int>(ErrorCode::limit));
+  EXPECT_EQ(held_calls_, 4);
+  expect_alive();
+}
+
+TEST_P(ChannelTest, StreamsPastTheDaemonBudgetAreRefused) {
+  targets_["echo"] = echo_target();
+  auto budget = std::make_shared<StreamBudget>(1);
+  ASSERT_TRUE(budget->try_acquire());  // another channel holds the only place
+  ChannelConfig c;
+  c.stream_budget = budget;
+  start(c);
+  hello();
+  Bytes body;
+  encode_open_tunnel(body, OpenTunnel{"echo", 0});
+  send(hdr(2, PacketType::call, 2), body);
+  RemoteError e = expect_error(read_non_credit(), PacketType::reply, 2);
+  EXPECT_EQ(e.code, static_cast<int>(ErrorCode::limit));
+  budget->release();
+  send(hdr(2, PacketType::call, 3), body);
+  auto reply = read_non_credit();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->h.status, 0u);
+  EXPECT_EQ(budget->used(), 1u);
+  send(hdr(2, PacketType::stream, 3, PacketStatus::error));  // the peer aborts the stream
+  for (int i = 0; i < 300 && budget->used() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(budget->used(), 0u);
 }
 
 TEST_P(ChannelTest, StalledPeerIsDroppedAfterHandshakeTimeout) {
