@@ -4,7 +4,15 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <vector>
 
 #include "engine/migration_protocol.hpp"
 #include "tests/integration/harness/files.hpp"
@@ -33,6 +41,43 @@ RawPeer connect_raw(int port) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   return RawPeer(std::move(fd));
+}
+
+// A TCP socket bound to the loopback address `from` (attackers come from their own addresses,
+// as they would in a real network), connecting to the dest; blocking or not.
+tunnel::unique_fd connect_from(const char* from, int port, bool blocking) {
+  tunnel::unique_fd fd(
+      ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (blocking ? 0 : SOCK_NONBLOCK), 0));
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  ::inet_pton(AF_INET, from, &local.sin_addr);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&local), sizeof local) != 0) return {};
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
+  if (rc != 0 && (blocking || errno != EINPROGRESS)) return {};
+  return fd;
+}
+
+std::size_t open_fds(pid_t pid) {
+  std::size_t n = 0;
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+std::size_t rss_kib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoul(line.substr(6));
+  }
+  return 0;
 }
 
 // HELLO as any client would send it.
@@ -112,6 +157,100 @@ TEST(MigrateHostile, SecondChannelCannotTouchAMigrationItDidNotPrepare) {
   ASSERT_TRUE(code);
   EXPECT_EQ(*code, 0) << describe(run.events()) << run.stderr_text();
   EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("dst0.raw")));
+  EXPECT_TRUE(has_no_export(dst.qmp()));
+}
+
+// The flood of point 9: idle connections, garbage senders and a channel flooding OPEN_TUNNEL, all
+// at once while a real two-disk migration runs. The migration completes identical, and once the
+// attackers are gone the daemon holds no more descriptors or memory than before.
+TEST(MigrateHostile, FloodDuringAMigrationLeavesItIntactAndCostsNothingAfter) {
+  NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &rl);
+  constexpr std::uint64_t kSize = 48 * kMiB;
+  TempDir dir;
+  make_random_image(dir.file("src0.raw"), kSize, 801);
+  make_random_image(dir.file("src1.raw"), kSize, 802);
+  make_zero_image(dir.file("dst0.raw"), kSize);
+  make_zero_image(dir.file("dst1.raw"), kSize);
+  std::vector<std::string> src_args = raw_disk_args("disk0", dir.file("src0.raw"));
+  for (auto& a : raw_disk_args("disk1", dir.file("src1.raw"))) src_args.push_back(a);
+  std::vector<std::string> dst_args = raw_disk_args("disk0", dir.file("dst0.raw"));
+  for (auto& a : raw_disk_args("disk1", dir.file("dst1.raw"))) dst_args.push_back(a);
+  auto src = start_storage_host(dir, "qsd-src", src_args);
+  auto dst = start_storage_host(dir, "qsd-dst", dst_args);
+  auto dest = start_migration_dest(dir, dst);
+  const pid_t dest_pid = dest.process.pid();
+  const std::size_t fds_before = open_fds(dest_pid);
+  const std::size_t rss_before = rss_kib(dest_pid);
+
+  std::atomic<bool> stop{false};
+  // 1,000 connections that never say anything, from 127.0.0.2.
+  std::vector<tunnel::unique_fd> idle;
+  for (int i = 0; i < 1000; ++i) idle.push_back(connect_from("127.0.0.2", dest.port, false));
+  // 200 connections sending garbage, from 127.0.0.3, over and over.
+  std::thread garbage([&] {
+    const auto junk = random_bytes(4096, 803);
+    for (int round = 0; !stop; ++round) {
+      for (int i = 0; i < 200 && !stop; ++i) {
+        tunnel::unique_fd fd = connect_from("127.0.0.3", dest.port, true);
+        if (fd) ::send(fd.get(), junk.data(), junk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      }
+    }
+  });
+  // A channel through HELLO that floods OPEN_TUNNEL (unknown targets, the migration's target),
+  // from 127.0.0.4, reading the refusals.
+  std::atomic<int> open_refusals{0};
+  std::thread opener([&] {
+    while (!stop) {
+      tunnel::unique_fd fd = connect_from("127.0.0.4", dest.port, true);
+      if (!fd) continue;
+      RawPeer peer(std::move(fd));
+      if (!say_hello(peer)) continue;
+      for (std::uint32_t serial = 3; !stop && serial < 100000; serial += 2) {
+        Bytes open;
+        const std::string target = serial % 4 == 1 ? "migration/flood" : "nbd";
+        tunnel::encode_open_tunnel(open, tunnel::OpenTunnel{target, 0});
+        if (!peer.send(hdr(static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
+                           PacketType::call, serial),
+                       open)) {
+          break;
+        }
+        auto reply = peer.read_packet(std::chrono::seconds(5));
+        if (!reply) break;
+        if (reply->h.status == static_cast<std::uint32_t>(PacketStatus::error)) ++open_refusals;
+      }
+    }
+  });
+
+  auto result = run_migrate(
+      dir, "migrate", migrate_args(src, dest.port, {"disk0", "disk1"}, {"--json"}), Seconds(120));
+  stop = true;
+  garbage.join();
+  opener.join();
+  idle.clear();
+  EXPECT_EQ(result.exit_code, 0) << describe(result.events) << result.stderr_text;
+  EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("dst0.raw")));
+  EXPECT_TRUE(files_identical(dir.file("src1.raw"), dir.file("dst1.raw")));
+  EXPECT_GT(open_refusals, 0);
+
+  // The daemon gives back what the flood took: descriptors (its QMP connection to the
+  // destination QEMU, made by the first PREPARE, stays) and memory.
+  std::size_t fds_after = open_fds(dest_pid);
+  for (int i = 0; i < 300 && fds_after > fds_before + 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    fds_after = open_fds(dest_pid);
+  }
+  EXPECT_LE(fds_after, fds_before + 1);
+  const std::size_t rss_after = rss_kib(dest_pid);
+  std::fprintf(stderr,
+               "dest: %zu fds and %zu KiB RSS before the flood, %zu fds and %zu KiB after; %d "
+               "OPEN_TUNNEL calls refused\n",
+               fds_before, rss_before, fds_after, rss_after, open_refusals.load());
+  EXPECT_LE(rss_after, rss_before + 8 * 1024)
+      << "RSS " << rss_before << " KiB before, " << rss_after << " KiB after";
   EXPECT_TRUE(has_no_export(dst.qmp()));
 }
 
