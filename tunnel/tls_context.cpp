@@ -98,14 +98,15 @@ Status use_identity(SSL_CTX* ctx, const std::string& cert_path, const std::strin
     return tls_file_error(key_path,
                           "is not an unencrypted PEM private key (" + openssl_reason() + ")");
   }
+  if (X509_check_private_key((*certs)[0].get(), key) != 1) {
+    EVP_PKEY_free(key);
+    ERR_clear_error();
+    return tls_file_error(key_path, "does not match the certificate in " + cert_path);
+  }
   const bool ok =
       SSL_CTX_use_certificate(ctx, (*certs)[0].get()) == 1 && SSL_CTX_use_PrivateKey(ctx, key) == 1;
   EVP_PKEY_free(key);
   if (!ok) return tls_file_error(key_path, "cannot be used (" + openssl_reason() + ")");
-  if (SSL_CTX_check_private_key(ctx) != 1) {
-    ERR_clear_error();
-    return tls_file_error(key_path, "does not match the certificate in " + cert_path);
-  }
   // Intermediate CAs that follow the certificate go out with it.
   for (std::size_t i = 1; i < certs->size(); ++i) {
     if (SSL_CTX_add1_chain_cert(ctx, (*certs)[i].get()) != 1)
