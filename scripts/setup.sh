@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git clang-format
-  libboost1.81-dev liburing-dev libnbd-dev libvirt-dev
+  libboost1.81-dev liburing-dev libnbd-dev libvirt-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   qemu-system-x86 qemu-utils nbdkit libnbd-bin

@@ -3,8 +3,8 @@
 // never to a file descriptor. Every call is non-blocking: it moves what it can now and returns
 // how many bytes moved (a read of 0: the peer closed), or an error. would_block(error) means
 // "nothing now": wait_readable / wait_writable arm an Op that completes when trying again may
-// succeed. Implementations: SocketTransport (a plain TCP socket, which can splice). TLS is the
-// next one (its reads decrypt what a ring recv brought in; it cannot splice without kTLS).
+// succeed. Implementations: SocketTransport (a plain TCP socket, which can splice) and
+// TlsTransport (TLS 1.3 in user space; it cannot splice).
 
 #include <sys/uio.h>
 
@@ -33,6 +33,12 @@ class Transport {
   virtual Result<std::size_t> splice_in(int pipe_w, std::size_t n) = 0;
   // Moves up to n bytes from the pipe's read end onto the transport (can_splice() only).
   virtual Result<std::size_t> splice_out(int pipe_r, std::size_t n, bool more) = 0;
+
+  // A write may accept bytes and still hold some of their encoding (TLS records the socket did
+  // not take yet). While has_pending_output(), the writer keeps calling flush_pending() (bytes
+  // moved, or would_block: wait_writable) until it is false, even with nothing more to write.
+  virtual bool has_pending_output() const { return false; }
+  virtual Result<std::size_t> flush_pending() { return std::size_t{0}; }
 
   // op completes (res: a poll mask, or -errno) when read or write may make progress.
   virtual void wait_readable(Op& op) = 0;

@@ -54,8 +54,9 @@ void WriteQueue::enqueue(Item item) {
 void WriteQueue::flush() {
   flush_posted_ = false;
   flushing_ = true;
-  while (!closed_ && !items_.empty()) {
-    Result<std::size_t> n = write_some();
+  while (!closed_ && (!items_.empty() || transport_.has_pending_output())) {
+    // With nothing queued, what is left is the transport's own (bytes it accepted earlier).
+    Result<std::size_t> n = items_.empty() ? transport_.flush_pending() : write_some();
     if (!n) {
       if (would_block(n.error())) {
         transport_.wait_writable(op_);
@@ -65,6 +66,7 @@ void WriteQueue::flush() {
       }
       break;
     }
+    if (items_.empty() && *n == 0) break;  // a transport that has nothing it can flush
     retire(*n);
   }
   flushing_ = false;

@@ -2,6 +2,8 @@
 // What leaves the channel next: control packets (owned bytes), buffer leases and pipe payloads,
 // in the order they were queued. One place decides how a batch leaves: everything up to the next
 // pipe payload (its prefix included) in one gathered write, then that payload by splice.
+// A transport that holds bytes it accepted (TLS records) is flushed until it holds none, so
+// busy() is true until they are out or the wait fails.
 // Queuing never writes at once: a flush runs after the current handler, so a stream that queues
 // from inside a completion is never called back before it returns.
 
@@ -41,7 +43,7 @@ class WriteQueue {
   void push(PipeLease lease);
   // Drops everything queued (each lease returns to its owner) and refuses what comes later.
   void close();
-  // True while a wait for room is in flight.
+  // True while a wait for room is in flight (for queued items or the transport's own bytes).
   bool busy() const { return op_.busy(); }
   // Called when a wait still in flight at close() has completed.
   void on_idle(std::function<void()> f) { on_idle_ = std::move(f); }

@@ -1,5 +1,6 @@
 // WriteQueue over a scripted transport: order, batching, partial writes, waits for room, pipe
-// payloads, the control-packet budget, close and write errors.
+// payloads, the control-packet budget, close and write errors, and a transport that holds bytes
+// it accepted (as TLS holds records) until the socket takes them.
 
 #include "tunnel/write_queue.hpp"
 
@@ -34,6 +35,17 @@ class ScriptedTransport final : public Transport {
     last_more = more;
     last_iov_count = iov.size();
     if (error) return *error;
+    if (holds) {
+      // Takes everything; only `room` of it reaches the wire now, the rest waits in held.
+      for (const iovec& v : iov) {
+        const auto* p = static_cast<const std::uint8_t*>(v.iov_base);
+        held.insert(held.end(), p, p + v.iov_len);
+      }
+      std::size_t total = 0;
+      for (const iovec& v : iov) total += v.iov_len;
+      move_held();
+      return total;
+    }
     std::size_t taken = 0;
     for (const iovec& v : iov) {
       const std::size_t n = std::min(v.iov_len, room - taken);
@@ -55,6 +67,13 @@ class ScriptedTransport final : public Transport {
     wire.insert(wire.end(), buf.begin(), buf.begin() + got);
     return take(static_cast<std::size_t>(got));
   }
+  bool has_pending_output() const override { return !held.empty(); }
+  Result<std::size_t> flush_pending() override {
+    ++flushes;
+    const std::size_t n = move_held();
+    if (n == 0) return would_block_error();
+    return n;
+  }
   void wait_readable(Op&) override {}
   void wait_writable(Op& op) override {
     ++waits;
@@ -70,6 +89,9 @@ class ScriptedTransport final : public Transport {
   }
 
   Bytes wire;
+  Bytes held;
+  bool holds = false;
+  int flushes = 0;
   std::size_t room = std::numeric_limits<std::size_t>::max();
   std::optional<Error> error;
   int writes = 0, splices = 0, waits = 0;
@@ -77,6 +99,12 @@ class ScriptedTransport final : public Transport {
   bool last_more = false;
 
  private:
+  std::size_t move_held() {
+    const std::size_t n = std::min(room, held.size());
+    wire.insert(wire.end(), held.begin(), held.begin() + static_cast<std::ptrdiff_t>(n));
+    held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(n));
+    return n;
+  }
   Result<std::size_t> take(std::size_t n) {
     if (n == 0) return would_block_error();
     return n;
@@ -234,6 +262,57 @@ TEST_F(WriteQueueTest, WriteErrorIsReportedOnceAndDropsNothingSilently) {
   // The owner of the queue closes it on failure; the lease then returns.
   queue().close();
   EXPECT_EQ(owner_.returned, std::vector<int>{0});
+}
+
+TEST_F(WriteQueueTest, BytesTheTransportHoldsAreFlushedWithNothingQueued) {
+  transport_.holds = true;
+  transport_.room = 0;
+  const Bytes a = bytes(100, 0);
+  queue().push(BufferLease(owner_, 0, a));
+  run();
+  // The transport took the lease (it returns) but holds its bytes: the queue waits for them.
+  EXPECT_EQ(owner_.returned, std::vector<int>{0});
+  EXPECT_TRUE(queue().empty());
+  EXPECT_TRUE(queue().busy());
+  EXPECT_EQ(transport_.waits, 1);
+  transport_.make_room(30);
+  run();
+  // 30 bytes per flush: it keeps flushing until none are held.
+  EXPECT_EQ(transport_.wire, a);
+  EXPECT_GE(transport_.flushes, 4);
+  EXPECT_FALSE(queue().busy());
+  EXPECT_FALSE(transport_.has_pending_output());
+  EXPECT_TRUE(failures_.empty());
+}
+
+TEST_F(WriteQueueTest, HeldBytesGoOutBeforeLaterItemsAndCloseEndsTheWait) {
+  transport_.holds = true;
+  transport_.room = 0;
+  const Bytes a = bytes(10, 0), b = bytes(10, 50);
+  ASSERT_TRUE(queue().push(a));
+  run();
+  ASSERT_TRUE(queue().push(b));  // queued during the wait for a's held bytes
+  run();
+  EXPECT_TRUE(queue().busy());
+  transport_.make_room(std::numeric_limits<std::size_t>::max());
+  run();
+  Bytes expected = a;
+  expected.insert(expected.end(), b.begin(), b.end());
+  EXPECT_EQ(transport_.wire, expected);
+  EXPECT_FALSE(queue().busy());
+
+  // A wait for held bytes still in flight at close() ends through on_idle like any other.
+  transport_.room = 0;
+  ASSERT_TRUE(queue().push(a));
+  run();
+  ASSERT_TRUE(queue().busy());
+  bool idle = false;
+  queue().on_idle([&] { idle = true; });
+  queue().close();
+  transport_.shutdown();
+  run();
+  EXPECT_TRUE(idle);
+  EXPECT_FALSE(queue().busy());
 }
 
 }  // namespace
