@@ -1,9 +1,9 @@
 #include "engine/channel_security.hpp"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include "tunnel/endpoint.hpp"
+#include "tunnel/tls_context.hpp"
 
 namespace nbdtunnel::engine {
 
@@ -13,10 +13,8 @@ std::vector<std::string> tls_files(TlsSide side) {
 }
 
 bool tls_files_present(const std::string& dir, TlsSide side) {
-  for (const std::string& f : tls_files(side)) {
-    if (::access((dir + "/" + f).c_str(), R_OK) != 0) return false;
-  }
-  return true;
+  return tunnel::TlsContext::files_present(
+      dir, side == TlsSide::dest ? tunnel::TlsRole::server : tunnel::TlsRole::client);
 }
 
 tunnel::Result<ChannelSecurity> choose_security(const TlsArgs& args, TlsSide side,

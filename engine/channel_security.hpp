@@ -8,11 +8,12 @@
 #include <vector>
 
 #include "tunnel/result.hpp"
+#include "tunnel/tls_context.hpp"
 
 namespace nbdtunnel::engine {
 
 // Where libvirt and QEMU keep their migration certificates; used when it holds the right files.
-inline constexpr const char* kDefaultTlsDir = "/etc/pki/qemu";
+inline constexpr const char* kDefaultTlsDir = tunnel::TlsContext::kDefaultDir;
 
 enum class TlsSide { dest, source };
 

@@ -59,9 +59,47 @@ void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
     note_refusal(peer, ticket.error().message);
     return;  // the connection closes with client
   }
+  if (options_.tls) {
+    start_tls(std::move(client), peer, std::move(*ticket));
+    return;
+  }
   spdlog::info("channel from {} accepted", peer);
   start_channel(std::make_unique<tunnel::SocketTransport>(ring_, std::move(client)), peer,
                 std::move(*ticket));
+}
+
+// Nothing but the handshake is served until it completes: the channel (and its buffers) exists
+// only for a peer whose certificate passed.
+void DestServer::start_tls(tunnel::unique_fd client, const std::string& peer,
+                           Admission::Ticket ticket) {
+  auto place = std::make_shared<Admission::Ticket>(std::move(ticket));
+  auto self = std::make_shared<tunnel::TlsHandshake*>(nullptr);
+  auto done = [this, self, place, peer](tunnel::Result<std::unique_ptr<tunnel::Transport>> r) {
+    // Called from a posted handler with no operation of the handshake left: it may go now.
+    auto it = handshakes_.find(*self);
+    const std::string dn = it != handshakes_.end() ? it->second->peer_dn() : std::string();
+    handshakes_.erase(*self);
+    if (!r) {
+      if (r.error().code != std::errc::operation_canceled) {
+        note_refusal(peer, "TLS handshake failed: " + r.error().message);
+      }
+      maybe_stopped();
+      return;
+    }
+    if (stopping_) {
+      maybe_stopped();
+      return;
+    }
+    spdlog::info("channel from {} accepted: TLS client certificate '{}'", peer, dn);
+    place->authenticated();
+    start_channel(std::move(*r), peer, std::move(*place));
+  };
+  auto handshake =
+      std::make_unique<tunnel::TlsHandshake>(io_, ring_, std::move(client), options_.tls, "",
+                                             options_.channel.handshake_timeout, std::move(done));
+  *self = handshake.get();
+  handshakes_.emplace(handshake.get(), std::move(handshake));
+  (*self)->start();
 }
 
 void DestServer::note_refusal(const std::string& peer, const std::string& why) {
@@ -107,7 +145,11 @@ void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
 }
 
 void DestServer::stop(std::function<void()> done) {
+  stopping_ = true;
   on_stopped_ = std::move(done);
+  std::vector<tunnel::TlsHandshake*> shaking;
+  for (auto& [raw, handshake] : handshakes_) shaking.push_back(raw);
+  for (auto* h : shaking) h->cancel();
   if (acceptor_) acceptor_->stop();
   std::vector<tunnel::Channel*> open;
   for (auto& [raw, connection] : channels_) open.push_back(raw);
@@ -116,7 +158,7 @@ void DestServer::stop(std::function<void()> done) {
 }
 
 void DestServer::maybe_stopped() {
-  if (!on_stopped_ || !channels_.empty()) return;
+  if (!on_stopped_ || !channels_.empty() || !handshakes_.empty()) return;
   // Channels are gone; remove whatever migrations they left prepared, then report.
   auto done = std::move(on_stopped_);
   on_stopped_ = nullptr;

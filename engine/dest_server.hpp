@@ -13,6 +13,8 @@
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
 #include "tunnel/ring.hpp"
+#include "tunnel/tls_context.hpp"
+#include "tunnel/tls_handshake.hpp"
 #include "tunnel/unix_socket.hpp"
 
 namespace nbdtunnel::engine {
@@ -25,6 +27,7 @@ struct DestOptions {
   bool reuse_port = false;                     // several servers share the port (--threads)
   tunnel::ChannelConfig channel;               // its stream_budget is the daemon's stream limit
   std::shared_ptr<Admission> admission;        // the daemon's connection limits (all threads)
+  std::shared_ptr<tunnel::TlsContext> tls;     // none: plain channels
 };
 
 class DestServer {
@@ -45,6 +48,7 @@ class DestServer {
   };
 
   void on_accept(tunnel::Result<tunnel::unique_fd> accepted);
+  void start_tls(tunnel::unique_fd client, const std::string& peer, Admission::Ticket ticket);
   void start_channel(std::unique_ptr<tunnel::Transport> transport, const std::string& peer,
                      Admission::Ticket ticket);
   // A connection refused for a limit: logged, but at most once a second in a flood.
@@ -59,10 +63,12 @@ class DestServer {
   std::string bound_;
   std::unique_ptr<tunnel::Acceptor> acceptor_;
   std::map<tunnel::Channel*, Connection> channels_;
+  std::map<tunnel::TlsHandshake*, std::unique_ptr<tunnel::TlsHandshake>> handshakes_;
   std::chrono::steady_clock::time_point last_refusal_log_{};
   std::size_t refusals_unlogged_ = 0;
   DestMigrations migrations_;
   std::function<void()> on_stopped_;
+  bool stopping_ = false;
 };
 
 }  // namespace nbdtunnel::engine

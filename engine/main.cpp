@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/channel_security.hpp"
 #include "engine/cli_values.hpp"
 #include "engine/dest_server.hpp"
 #include "engine/host_identity.hpp"
@@ -85,6 +86,63 @@ tunnel::ChannelConfig channel_config(const CommonOptions& o) {
   c.hostname = engine::host_name();
   c.splice = o.copy_mode == "splice";
   return c;
+}
+
+void add_tls_options(CLI::App* cmd, engine::TlsArgs& t, engine::TlsSide side) {
+  const bool dest = side == engine::TlsSide::dest;
+  cmd->add_option(
+      "--tls-dir", t.dir,
+      std::string("directory of TLS credentials in libvirt/QEMU's layout: ca-cert.pem, ") +
+          (dest ? "server-cert.pem, server-key.pem" : "client-cert.pem, client-key.pem") +
+          ", optional ca-crl.pem. The channel is mutual TLS 1.3. Default: " +
+          engine::kDefaultTlsDir + " when it holds those files");
+  if (dest) {
+    cmd->add_option("--tls-allowed-dn", t.allowed_dn,
+                    "accept only client certificates whose subject DN matches this wildcard "
+                    "pattern, written in certificate order, e.g. 'C=GB,O=Example,CN=*' "
+                    "(repeatable; libvirt's tls_allowed_dn_list)");
+  } else {
+    cmd->add_option("--tls-hostname", t.hostname,
+                    "the name the destination's certificate must carry (default: the host "
+                    "dialled)");
+  }
+  cmd->add_flag("--no-tls", t.no_tls, "plain channel even where TLS credentials are found");
+  cmd->add_flag("--insecure", t.insecure,
+                dest ? "allow plain (unauthenticated, unencrypted) channels on a non-loopback "
+                       "--listen address: only where every host that can reach the port is "
+                       "trusted"
+                     : "allow a plain (unencrypted) channel to a non-loopback destination: only "
+                       "where the network between the hosts is trusted");
+}
+
+// The TLS context the role runs with (none: plain), after the safe-defaults rule; an error
+// message for the user when refused.
+tunnel::Result<std::shared_ptr<tunnel::TlsContext>> setup_tls(const engine::TlsArgs& t,
+                                                              engine::TlsSide side,
+                                                              const std::string& host,
+                                                              std::string& verify_host) {
+  tunnel::Result<engine::ChannelSecurity> security = engine::choose_security(t, side, host);
+  if (!security) return security.error();
+  if (!security->tls) {
+    if (!tunnel::is_loopback(host)) {
+      spdlog::warn("--insecure: channels {} {} are neither authenticated nor encrypted",
+                   side == engine::TlsSide::dest ? "accepted on" : "to", host);
+    } else {
+      spdlog::info("plain channels on loopback (no TLS credentials given or found)");
+    }
+    return std::shared_ptr<tunnel::TlsContext>();
+  }
+  tunnel::TlsOptions options;
+  options.dir = security->dir;
+  options.role = side == engine::TlsSide::dest ? tunnel::TlsRole::server : tunnel::TlsRole::client;
+  options.allowed_dn = security->allowed_dn;
+  auto ctx = tunnel::TlsContext::load(options);
+  if (!ctx) return ctx.error();
+  verify_host = security->verify_host;
+  spdlog::info("mutual TLS 1.3 with the credentials in {}{}; {}", security->dir,
+               security->defaulted ? " (the default directory)" : "",
+               tunnel::TlsContext::offload_summary());
+  return *ctx;
 }
 
 void setup_logging(const std::string& level) {
@@ -177,6 +235,7 @@ struct DestArgs {
   std::size_t max_streams = 0;  // 0: from the descriptor limit
   std::size_t max_channel_streams = 256;
   double idle_timeout = 600;
+  engine::TlsArgs tls;
 };
 
 // Descriptors each open stream may hold: its local socket and, in splice mode, two pipes.
@@ -245,6 +304,7 @@ CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
                    "closed (0: never)")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
+  add_tls_options(dest, a.tls, engine::TlsSide::dest);
   dest->add_option("--threads", a.threads,
                    "threads, each with its own io_uring, serving channels (the kernel spreads "
                    "new channels among them)")
@@ -281,6 +341,13 @@ int run_dest(DestArgs a) {
       a.max_streams != 0 ? a.max_streams : default_max_streams(fd_limit, a.limits.max_channels);
   o.channel.stream_budget = std::make_shared<tunnel::StreamBudget>(max_streams);
   o.admission = std::make_shared<engine::Admission>(a.limits);
+  std::string unused;
+  auto tls = setup_tls(a.tls, engine::TlsSide::dest, o.listen.host, unused);
+  if (!tls) {
+    spdlog::error("{}", tls.error().message);
+    return tls.error().code == std::errc::invalid_argument ? kExitUsage : kExitFailed;
+  }
+  o.tls = *tls;
   spdlog::info(
       "limits: {} channels, {} in handshake ({} per address), {} streams ({} per "
       "channel), {} descriptors",
@@ -309,6 +376,7 @@ struct SourceArgs {
   std::string connect;
   std::vector<std::string> forwards;
   std::string socket_mode = "0600";
+  engine::TlsArgs tls;
 };
 
 CLI::App* add_source_command(CLI::App& app, SourceArgs& a) {
@@ -324,6 +392,7 @@ CLI::App* add_source_command(CLI::App& app, SourceArgs& a) {
       ->required();
   source->add_option("--socket-mode", a.socket_mode, "permissions of the created sockets (octal)")
       ->capture_default_str();
+  add_tls_options(source, a.tls, engine::TlsSide::source);
   add_common(source, a.common);
   return source;
 }
@@ -348,6 +417,12 @@ int run_source(const SourceArgs& a) {
   o.socket_mode = *mode;
   o.channel = channel_config(a.common);
   setup_logging(a.common.log_level);
+  auto tls = setup_tls(a.tls, engine::TlsSide::source, o.connect.host, o.tls_verify_host);
+  if (!tls) {
+    spdlog::error("{}", tls.error().message);
+    return tls.error().code == std::errc::invalid_argument ? kExitUsage : kExitFailed;
+  }
+  o.tls = *tls;
   return run_role<engine::SourceForwarder, engine::SourceOptions>(std::move(o), 1);
 }
 
@@ -359,6 +434,7 @@ struct MigrateArgs {
   std::string finish = "complete";
   std::vector<std::string> disks;
   double connect_timeout = 10;
+  engine::TlsArgs tls;
 };
 
 CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
@@ -407,6 +483,7 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
                    "seconds to wait for the destination to answer")
       ->check(CLI::Range(0.1, 600.0))
       ->capture_default_str();
+  add_tls_options(migrate, a.tls, engine::TlsSide::source);
   add_common(migrate, a.common);
   return migrate;
 }
@@ -443,6 +520,13 @@ int run_migrate(MigrateArgs a) {
   mo.connect_timeout = std::chrono::milliseconds(static_cast<long>(a.connect_timeout * 1000));
   mo.channel = channel_config(a.common);
   setup_logging(a.common.log_level);
+  auto tls = setup_tls(a.tls, engine::TlsSide::source, mo.dest.host, mo.tls_verify_host);
+  if (!tls) {
+    // Before the run starts, so --json has not begun: say it on stderr.
+    std::fprintf(stderr, "nbdtunnel: %s\n", tls.error().message.c_str());
+    return tls.error().code == std::errc::invalid_argument ? kExitUsage : kExitFailed;
+  }
+  mo.tls = *tls;
   return engine::run_migration(std::move(mo));
 }
 

@@ -28,6 +28,7 @@
 #include "qmp/qmp_error.hpp"
 #include "tunnel/ring.hpp"
 #include "tunnel/socket_transport.hpp"
+#include "tunnel/tls_handshake.hpp"
 #include "tunnel/unix_socket.hpp"
 
 namespace nbdtunnel::engine {
@@ -118,6 +119,7 @@ class MigrationRun {
  private:
   awaitable<void> connect_source();
   awaitable<void> connect_dest();
+  awaitable<std::unique_ptr<tunnel::Transport>> tls_handshake(tunnel::unique_fd fd);
   awaitable<bool> run_checks();
   awaitable<void> prepare();
   void open_tunnel_socket();
@@ -299,6 +301,13 @@ awaitable<void> MigrationRun::connect_dest() {
     throw Failure(kMigrateUsage, "connect", "",
                   fmt::format("destination {} unreachable: {}", where, cec.message()));
   }
+  std::unique_ptr<tunnel::Transport> transport;
+  tunnel::unique_fd connected(sock.release());
+  if (o_.tls) {
+    transport = co_await tls_handshake(std::move(connected));  // see "Coroutines under GCC 12"
+  } else {
+    transport = std::make_unique<tunnel::SocketTransport>(ring_, std::move(connected));
+  }
   tunnel::ChannelEvents events;
   events.on_ready = [this](const tunnel::Hello&) {
     channel_ready_ = true;
@@ -309,10 +318,9 @@ awaitable<void> MigrationRun::connect_dest() {
     channel_close_reason_ = reason;
     wake();
   };
-  channel_ = std::make_unique<tunnel::Channel>(
-      io_, ring_,
-      std::make_unique<tunnel::SocketTransport>(ring_, tunnel::unique_fd(sock.release())),
-      tunnel::Channel::Role::initiator, where, o_.channel, std::move(events));
+  channel_ = std::make_unique<tunnel::Channel>(io_, ring_, std::move(transport),
+                                               tunnel::Channel::Role::initiator, where, o_.channel,
+                                               std::move(events));
   channel_->start();
   const auto deadline = std::chrono::steady_clock::now() + o_.channel.handshake_timeout;
   while (!channel_ready_ && !channel_closed_ && std::chrono::steady_clock::now() < deadline) {
@@ -323,6 +331,26 @@ awaitable<void> MigrationRun::connect_dest() {
                   fmt::format("destination {} is not an nbdtunnel dest: {}", where,
                               channel_closed_ ? channel_close_reason_ : "no HELLO reply"));
   }
+}
+
+// The TLS handshake on the connected socket: the transport, or a Failure naming the cause.
+awaitable<std::unique_ptr<tunnel::Transport>> MigrationRun::tls_handshake(tunnel::unique_fd fd) {
+  std::optional<tunnel::Result<std::unique_ptr<tunnel::Transport>>> outcome;
+  tunnel::TlsHandshake handshake(
+      io_, ring_, std::move(fd), o_.tls, o_.tls_verify_host, o_.channel.handshake_timeout,
+      [this, &outcome](tunnel::Result<std::unique_ptr<tunnel::Transport>> r) {
+        outcome = std::move(r);
+        wake();
+      });
+  handshake.start();
+  // Not interrupted by a cancel: the handshake is bounded by its own timeout.
+  while (!outcome) co_await nap(20ms);
+  if (!*outcome) {
+    throw Failure(
+        kMigrateUsage, "connect", "",
+        fmt::format("destination {}: TLS: {}", o_.dest.to_string(), outcome->error().message));
+  }
+  co_return std::move(**outcome);
 }
 
 awaitable<bool> MigrationRun::run_checks() {

@@ -13,6 +13,7 @@
 #include "engine/migration_checks.hpp"
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
+#include "tunnel/tls_context.hpp"
 
 namespace nbdtunnel::engine {
 
@@ -30,6 +31,8 @@ struct MigrateOptions {
   std::string migration_id;
   std::chrono::milliseconds connect_timeout{10'000};
   tunnel::ChannelConfig channel;
+  std::shared_ptr<tunnel::TlsContext> tls;  // none: a plain channel
+  std::string tls_verify_host;              // the name the server certificate must carry
 };
 
 // Exit codes of `nbdtunnel migrate`.

@@ -92,6 +92,29 @@ void SourceForwarder::on_connect(int res) {
     schedule_reconnect();
     return;
   }
+  if (options_.tls) {
+    handshake_ = std::make_unique<tunnel::TlsHandshake>(
+        io_, ring_, std::move(connecting_), options_.tls, options_.tls_verify_host,
+        options_.channel.handshake_timeout,
+        [this](tunnel::Result<std::unique_ptr<tunnel::Transport>> r) {
+          handshake_.reset();  // done runs once nothing of the handshake is in flight
+          if (stopping_) {
+            maybe_stopped();
+          } else if (!r) {
+            last_error_ = "TLS: " + r.error().message;
+            spdlog::warn("channel to {} failed: {}", options_.connect.to_string(), last_error_);
+            schedule_reconnect();
+          } else {
+            start_channel(std::move(*r));
+          }
+        });
+    handshake_->start();
+    return;
+  }
+  start_channel(std::make_unique<tunnel::SocketTransport>(ring_, std::move(connecting_)));
+}
+
+void SourceForwarder::start_channel(std::unique_ptr<tunnel::Transport> transport) {
   const std::string peer = options_.connect.to_string();
   tunnel::ChannelEvents events;
   events.on_ready = [this, peer](const tunnel::Hello& hello) {
@@ -102,9 +125,9 @@ void SourceForwarder::on_connect(int res) {
   events.on_closed = [this](tunnel::Channel&, const std::string& reason) {
     on_channel_closed(reason);
   };
-  channel_ = std::make_unique<tunnel::Channel>(
-      io_, ring_, std::make_unique<tunnel::SocketTransport>(ring_, std::move(connecting_)),
-      tunnel::Channel::Role::initiator, peer, options_.channel, std::move(events));
+  channel_ = std::make_unique<tunnel::Channel>(io_, ring_, std::move(transport),
+                                               tunnel::Channel::Role::initiator, peer,
+                                               options_.channel, std::move(events));
   was_ready_ = false;
   channel_->start();
 }
@@ -160,12 +183,13 @@ void SourceForwarder::stop(std::function<void()> done) {
   connect_timer_.cancel();
   for (auto& a : acceptors_) a->stop();
   if (connect_op_.busy()) ring_.cancel(connect_op_);
+  if (handshake_) handshake_->cancel();
   if (channel_) channel_->close("source is shutting down");
   maybe_stopped();
 }
 
 void SourceForwarder::maybe_stopped() {
-  if (!on_stopped_ || channel_ || connect_op_.busy()) return;
+  if (!on_stopped_ || channel_ || handshake_ || connect_op_.busy()) return;
   for (const std::string& p : created_paths_) ::unlink(p.c_str());
   created_paths_.clear();
   auto done = std::move(on_stopped_);

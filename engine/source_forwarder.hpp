@@ -15,6 +15,8 @@
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
 #include "tunnel/ring.hpp"
+#include "tunnel/tls_context.hpp"
+#include "tunnel/tls_handshake.hpp"
 #include "tunnel/unix_socket.hpp"
 
 namespace nbdtunnel::engine {
@@ -31,6 +33,8 @@ struct SourceOptions {
   std::chrono::milliseconds connect_timeout{10'000};
   std::chrono::milliseconds max_backoff{5'000};
   tunnel::ChannelConfig channel;
+  std::shared_ptr<tunnel::TlsContext> tls;  // none: a plain channel
+  std::string tls_verify_host;              // the name the server certificate must carry
 };
 
 class SourceForwarder {
@@ -47,6 +51,7 @@ class SourceForwarder {
   void connect();
   void try_address(std::size_t index);
   void on_connect(int res);
+  void start_channel(std::unique_ptr<tunnel::Transport> transport);
   void on_channel_closed(const std::string& reason);
   void schedule_reconnect();
   void on_accept(const Forward& f, tunnel::Result<tunnel::unique_fd> accepted);
@@ -58,6 +63,7 @@ class SourceForwarder {
   std::vector<std::unique_ptr<tunnel::Acceptor>> acceptors_;
   std::vector<std::string> created_paths_;
 
+  std::unique_ptr<tunnel::TlsHandshake> handshake_;
   std::unique_ptr<tunnel::Channel> channel_;
   bool was_ready_ = false;
   std::vector<tunnel::ResolvedAddress> addresses_;
