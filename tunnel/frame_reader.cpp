@@ -56,6 +56,17 @@ Error malformed(const Error& e) {
 }
 }  // namespace
 
+Error FrameReader::framing_error(const Error& e) const {
+  // A TLS record (handshake 0x16, version 3.x) where the first packet should be: say so, rather
+  // than report its first bytes as an absurd packet length.
+  if (!packets_ && buf_.size() >= 2 && buf_[0] == 0x16 && buf_[1] == 0x03) {
+    return Error{e.code,
+                 "the peer speaks TLS and this side runs without it: give both sides --tls-dir "
+                 "(or neither)"};
+  }
+  return malformed(e);
+}
+
 void FrameReader::end(const Status& why) {
   stopped_ = true;
   sink_.on_read_ended(why);
@@ -130,11 +141,12 @@ void FrameReader::deliver_buffered() {
     Result<std::optional<Frame>> d =
         decode_packet(std::span(buf_).subspan(start_, end_ - start_), max_packet_);
     if (!d) {
-      end(malformed(d.error()));
+      end(framing_error(d.error()));
       return;
     }
     if (!*d) return;
     start_ += (*d)->consumed;
+    packets_ = true;
     sink_.on_packet((*d)->header, (*d)->body);
   }
 }
@@ -172,7 +184,7 @@ bool FrameReader::read_spliced() {
       end_ += n;
       Result<Event> e = steps_.on_prefix_bytes(std::span(buf_).first(end_));
       if (!e) {
-        end(malformed(e.error()));
+        end(framing_error(e.error()));
         return false;
       }
       event = *e;
@@ -206,6 +218,7 @@ bool FrameReader::read_spliced() {
   }
   if (event == Event::packet) {
     end_ = 0;
+    packets_ = true;
     sink_.on_packet(steps_.header(), std::span(buf_).subspan(kPrefixSize, steps_.body_size()));
   }
   return !stopped_;

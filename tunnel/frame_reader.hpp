@@ -77,6 +77,7 @@ class FrameReader {
   // Makes room for a packet of size bytes at the start of the buffer (unconsumed bytes kept).
   void reserve(std::size_t size);
   void end(const Status& why);
+  Error framing_error(const Error& e) const;
   void on_wait_done(int res);
 
   Transport& transport_;
@@ -91,6 +92,7 @@ class FrameReader {
   std::uint32_t waiting_on_ = 0;     // serial whose pipe the wait in flight is for, or 0
   std::chrono::steady_clock::time_point last_read_;
   bool stopped_ = false;
+  bool packets_ = false;  // a packet has been delivered
   std::function<void()> on_idle_;
   Op op_;
 };

@@ -84,8 +84,10 @@ std::vector<std::string> qcow2_disk_args(const std::string& node, const std::str
 }
 
 TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
-                                const std::string& host_id, const std::string& name) {
+                                const std::string& host_id, const std::string& name,
+                                const std::vector<std::string>& extra_args) {
   std::vector<std::string> extra{"--qmp", host.tool_qmp};
+  extra.insert(extra.end(), extra_args.begin(), extra_args.end());
   if (!host_id.empty()) {
     extra.push_back("--host-id");
     extra.push_back(host_id);

@@ -48,7 +48,8 @@ std::vector<std::string> qcow2_disk_args(const std::string& node, const std::str
 // leaves the default (this machine's id).
 TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
                                 const std::string& host_id = kDestHostId,
-                                const std::string& name = "dest");
+                                const std::string& name = "dest",
+                                const std::vector<std::string>& extra_args = {});
 
 // One `nbdtunnel migrate` run. stdout goes to dir/<name>.out (the Process log), stderr to
 // dir/<name>.err, so that --json output can be checked line by line.
