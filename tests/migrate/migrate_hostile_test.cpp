@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "engine/migration_protocol.hpp"
+#include "test_pki.hpp"
 #include "tests/integration/harness/files.hpp"
 #include "tests/migrate/migrate_harness.hpp"
 #include "tests/tunnel/raw_peer.hpp"
@@ -163,7 +165,35 @@ TEST(MigrateHostile, SecondChannelCannotTouchAMigrationItDidNotPrepare) {
 // The flood of point 9: idle connections, garbage senders and a channel flooding OPEN_TUNNEL, all
 // at once while a real two-disk migration runs. The migration completes identical, and once the
 // attackers are gone the daemon holds no more descriptors or memory than before.
-TEST(MigrateHostile, FloodDuringAMigrationLeavesItIntactAndCostsNothingAfter) {
+// A TLS client without a certificate, from `from`, through its handshake to the first read,
+// which the dest answers with an alert. True if the dest refused it.
+bool tls_without_certificate(const char* from, int port) {
+  tunnel::unique_fd fd = connect_from(from, port, true);
+  if (!fd) return true;  // refused at accept
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd.get());
+  timeval tv{5, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  bool refused = SSL_connect(ssl) != 1;
+  if (!refused) {
+    char byte;
+    refused = SSL_read(ssl, &byte, 1) <= 0;
+  }
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  return refused;
+}
+
+class MigrateFlood : public ::testing::TestWithParam<bool> {};
+
+INSTANTIATE_TEST_SUITE_P(Channels, MigrateFlood, ::testing::Values(false, true),
+                         [](const auto& p) { return p.param ? "tls" : "plain"; });
+
+TEST_P(MigrateFlood, DuringAMigrationLeavesItIntactAndCostsNothingAfter) {
+  const bool tls = GetParam();
   NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
   rlimit rl{};
   ::getrlimit(RLIMIT_NOFILE, &rl);
@@ -181,7 +211,15 @@ TEST(MigrateHostile, FloodDuringAMigrationLeavesItIntactAndCostsNothingAfter) {
   for (auto& a : raw_disk_args("disk1", dir.file("dst1.raw"))) dst_args.push_back(a);
   auto src = start_storage_host(dir, "qsd-src", src_args);
   auto dst = start_storage_host(dir, "qsd-dst", dst_args);
-  auto dest = start_migration_dest(dir, dst);
+  TestPki pki;
+  std::vector<std::string> dest_args, migrate_tls;
+  if (tls) {
+    pki.write_server_dir(dir.file("pki-server"));
+    pki.write_client_dir(dir.file("pki-client"));
+    dest_args = {"--tls-dir", dir.file("pki-server")};
+    migrate_tls = {"--tls-dir", dir.file("pki-client")};
+  }
+  auto dest = start_migration_dest(dir, dst, kDestHostId, "dest", dest_args);
   const pid_t dest_pid = dest.process.pid();
   const std::size_t fds_before = open_fds(dest_pid);
   const std::size_t rss_before = rss_kib(dest_pid);
@@ -200,11 +238,14 @@ TEST(MigrateHostile, FloodDuringAMigrationLeavesItIntactAndCostsNothingAfter) {
       }
     }
   });
-  // A channel through HELLO that floods OPEN_TUNNEL (unknown targets, the migration's target),
-  // from 127.0.0.4, reading the refusals.
-  std::atomic<int> open_refusals{0};
+  // Plain: a channel through HELLO that floods OPEN_TUNNEL (unknown targets, the migration's
+  // target), reading the refusals. TLS: handshakes without a client certificate. From 127.0.0.4.
+  std::atomic<int> refusals{0};
   std::thread opener([&] {
-    while (!stop) {
+    while (tls && !stop) {
+      if (tls_without_certificate("127.0.0.4", dest.port)) ++refusals;
+    }
+    while (!tls && !stop) {
       tunnel::unique_fd fd = connect_from("127.0.0.4", dest.port, true);
       if (!fd) continue;
       RawPeer peer(std::move(fd));
@@ -220,13 +261,15 @@ TEST(MigrateHostile, FloodDuringAMigrationLeavesItIntactAndCostsNothingAfter) {
         }
         auto reply = peer.read_packet(std::chrono::seconds(5));
         if (!reply) break;
-        if (reply->h.status == static_cast<std::uint32_t>(PacketStatus::error)) ++open_refusals;
+        if (reply->h.status == static_cast<std::uint32_t>(PacketStatus::error)) ++refusals;
       }
     }
   });
 
-  auto result = run_migrate(
-      dir, "migrate", migrate_args(src, dest.port, {"disk0", "disk1"}, {"--json"}), Seconds(120));
+  std::vector<std::string> extra = migrate_tls;
+  extra.push_back("--json");
+  auto result = run_migrate(dir, "migrate", migrate_args(src, dest.port, {"disk0", "disk1"}, extra),
+                            Seconds(120));
   stop = true;
   garbage.join();
   opener.join();
@@ -234,7 +277,7 @@ TEST(MigrateHostile, FloodDuringAMigrationLeavesItIntactAndCostsNothingAfter) {
   EXPECT_EQ(result.exit_code, 0) << describe(result.events) << result.stderr_text;
   EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("dst0.raw")));
   EXPECT_TRUE(files_identical(dir.file("src1.raw"), dir.file("dst1.raw")));
-  EXPECT_GT(open_refusals, 0);
+  EXPECT_GT(refusals, 0);
 
   // The daemon gives back what the flood took: descriptors (its QMP connection to the
   // destination QEMU, made by the first PREPARE, stays) and memory.
@@ -247,8 +290,9 @@ TEST(MigrateHostile, FloodDuringAMigrationLeavesItIntactAndCostsNothingAfter) {
   const std::size_t rss_after = rss_kib(dest_pid);
   std::fprintf(stderr,
                "dest: %zu fds and %zu KiB RSS before the flood, %zu fds and %zu KiB after; %d "
-               "OPEN_TUNNEL calls refused\n",
-               fds_before, rss_before, fds_after, rss_after, open_refusals.load());
+               "%s refused\n",
+               fds_before, rss_before, fds_after, rss_after, refusals.load(),
+               tls ? "certificate-less TLS handshakes" : "OPEN_TUNNEL calls");
   EXPECT_LE(rss_after, rss_before + 8 * 1024)
       << "RSS " << rss_before << " KiB before, " << rss_after << " KiB after";
   EXPECT_TRUE(has_no_export(dst.qmp()));
