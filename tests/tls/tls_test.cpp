@@ -253,6 +253,15 @@ TEST_F(TlsHandshakeTest, GarbageClientIsNotATlsClient) {
   EXPECT_THAT(server.error(), HasSubstr("not a TLS client (its first bytes: 47 45 54 20"));
 }
 
+TEST_F(TlsHandshakeTest, ShortGarbageIsRefusedWithoutWaitingForMore) {
+  auto [c, s] = tcp_pair();
+  ASSERT_EQ(::send(c.get(), "SSH-", 4, 0), 4);  // and then nothing, the connection open
+  HandshakeSide server;
+  start(server, std::move(s), context(TlsRole::server), "", 30s);
+  ASSERT_TRUE(run_until([&] { return server.done(); }));
+  EXPECT_EQ(server.error(), "not a TLS client (its first bytes: 53 53 48 2d)");
+}
+
 TEST_F(TlsHandshakeTest, TlsClientToAPlainPeerThatCloses) {
   auto [c, s] = tcp_pair();
   HandshakeSide client;
