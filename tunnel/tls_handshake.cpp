@@ -179,7 +179,6 @@ void TlsHandshake::sniff() {
 // Not TLS: take (a bounded amount of) what the peer sent, to tell a plain nbdtunnel client,
 // which gets an answer it can show, from anything else.
 void TlsHandshake::plain_probe() {
-  bool eof = false;
   for (;;) {
     std::size_t want = kMaxProbe - probe_.size();
     if (probe_.size() >= kPrefixSize) {
@@ -197,13 +196,12 @@ void TlsHandshake::plain_probe() {
       n = ::recv(fd_.get(), buf, want, MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (probe_.size() < kPrefixSize) return wait(POLLIN);
-      break;  // the prefix is in: enough to answer
+      // Our packets are at most a few MiB, so their length word starts with a zero byte:
+      // anything else is refused at once instead of waiting for more.
+      if (probe_.size() < kPrefixSize && (probe_.empty() || probe_[0] == 0)) return wait(POLLIN);
+      break;  // enough to answer
     }
-    if (n <= 0) {
-      eof = true;
-      break;
-    }
+    if (n <= 0) break;
     probe_.insert(probe_.end(), buf, buf + n);
   }
   Result<std::optional<Frame>> f = decode_prefix(probe_);
@@ -213,7 +211,6 @@ void TlsHandshake::plain_probe() {
     return fail(hs_error(std::errc::protocol_not_supported,
                          "plain (non-TLS) nbdtunnel client; the destination requires TLS"));
   }
-  (void)eof;
   fail(hs_error(std::errc::protocol_not_supported,
                 fmt::format("not a TLS client (its first bytes: {})", hex_prefix(probe_))));
 }
@@ -361,7 +358,6 @@ int TlsHandshake::verify(int ok, X509_STORE_CTX* store) {
         break;
       case X509_V_ERR_HOSTNAME_MISMATCH:
       case X509_V_ERR_IP_ADDRESS_MISMATCH: {
-        const char* host = nullptr;
         X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
         std::string checked =
             X509_VERIFY_PARAM_get0_host(param, 0) ? X509_VERIFY_PARAM_get0_host(param, 0) : "";
@@ -370,7 +366,6 @@ int TlsHandshake::verify(int ok, X509_STORE_CTX* store) {
           if (ip) checked = ip;
           OPENSSL_free(ip);
         }
-        (void)host;
         p = named + " does not hold the name dialled, '" + checked + "': it holds " +
             subject_names(cert) + "; give --tls-hostname with a name it holds";
         break;

@@ -96,7 +96,12 @@ Error tls_failure(const TlsSession& s, int ssl_error, bool handshake_done) {
     }
     return tls_error(std::errc::connection_aborted, peer + " ended the TLS connection: " + alert);
   }
-  if (s.recv_errno() != 0) return system_error(s.recv_errno(), "receive failed");
+  if (s.recv_errno() != 0) {
+    Error err = system_error(s.recv_errno(), "receive failed");
+    if (!handshake_done && !s.is_server())
+      err.message += " during the TLS handshake: is the destination running with TLS (--tls-dir)?";
+    return err;
+  }
   if (s.send_errno() != 0) return system_error(s.send_errno(), "send failed");
   const bool eof =
       s.peer_closed() || (e && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING);

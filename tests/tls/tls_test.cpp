@@ -3,11 +3,13 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -253,6 +255,15 @@ TEST_F(TlsHandshakeTest, GarbageClientIsNotATlsClient) {
   EXPECT_THAT(server.error(), HasSubstr("not a TLS client (its first bytes: 47 45 54 20"));
 }
 
+TEST_F(TlsHandshakeTest, ShortGarbageIsRefusedWithoutWaitingForMore) {
+  auto [c, s] = tcp_pair();
+  ASSERT_EQ(::send(c.get(), "SSH-", 4, 0), 4);  // and then nothing, the connection open
+  HandshakeSide server;
+  start(server, std::move(s), context(TlsRole::server), "", 30s);
+  ASSERT_TRUE(run_until([&] { return server.done(); }));
+  EXPECT_EQ(server.error(), "not a TLS client (its first bytes: 53 53 48 2d)");
+}
+
 TEST_F(TlsHandshakeTest, TlsClientToAPlainPeerThatCloses) {
   auto [c, s] = tcp_pair();
   HandshakeSide client;
@@ -336,6 +347,51 @@ TEST(TlsContextTest, OffloadSummarySaysWhatRunsTheCrypto) {
   const std::string s = TlsContext::offload_summary();
   EXPECT_THAT(s, HasSubstr("kTLS"));
   EXPECT_THAT(s, HasSubstr("user-space crypto"));
+}
+
+// What an unauthenticated connection costs the server while its handshake waits for the
+// client's last flight: the SSL and the handshake object, a few dozen KiB at most.
+TEST_F(TlsHandshakeTest, AHandshakeWaitingForTheClientCostsKilobytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "allocation sizes mean nothing under ASan";
+#else
+  // A real ClientHello, captured once from a client that never gets an answer.
+  auto [c0, s0] = tcp_pair();
+  HandshakeSide capture;
+  start(capture, std::move(c0), context(TlsRole::client), "localhost");
+  const std::vector<std::uint8_t> hello = read_raw(s0.get(), 1);
+  ASSERT_FALSE(hello.empty());
+  capture.handshake->cancel();
+  ASSERT_TRUE(run_until([&] { return capture.done(); }));
+
+  constexpr int kConnections = 32;
+  auto server_ctx = context(TlsRole::server);
+  std::vector<unique_fd> clients;
+  std::vector<std::pair<unique_fd, unique_fd>> pairs;
+  for (int i = 0; i < kConnections; ++i) pairs.push_back(tcp_pair());
+  std::vector<HandshakeSide> servers(kConnections);
+  const std::size_t before = mallinfo2().uordblks;
+  for (int i = 0; i < kConnections; ++i) {
+    ASSERT_EQ(::send(pairs[i].first.get(), hello.data(), hello.size(), 0),
+              static_cast<ssize_t>(hello.size()));
+    start(servers[i], std::move(pairs[i].second), server_ctx);
+  }
+  // Every server has answered (ServerHello .. Finished) and now waits for the client.
+  for (int i = 0; i < kConnections; ++i) {
+    pollfd p{pairs[i].first.get(), POLLIN, 0};
+    ASSERT_TRUE(run_until([&] { return ::poll(&p, 1, 0) == 1; }));
+  }
+  run_until([] { return false; }, 20ms);
+  const std::size_t after = mallinfo2().uordblks;
+  const std::size_t per_connection = after > before ? (after - before) / kConnections : 0;
+  RecordProperty("bytes_per_handshake", static_cast<int>(per_connection));
+  EXPECT_LT(per_connection, 64u << 10) << per_connection << " bytes per waiting handshake";
+  for (auto& s : servers) EXPECT_FALSE(s.done()) << s.error();
+  for (auto& s : servers) s.handshake->cancel();
+  ASSERT_TRUE(run_until([&] {
+    return std::all_of(servers.begin(), servers.end(), [](auto& s) { return s.done(); });
+  }));
+#endif
 }
 
 }  // namespace
