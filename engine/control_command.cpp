@@ -15,7 +15,8 @@ bool parse_control_command(const std::string& line, ControlCommand& command, jso
   json j;
   try {
     j = json::parse(line);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error for bad syntax; out_of_range for a number no double holds, such as 1e999.
     error = control_error_reply("GenericError",
                                 fmt::format("the line is not valid JSON: {}", e.what()));
     return false;

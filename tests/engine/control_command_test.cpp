@@ -40,6 +40,18 @@ TEST(ControlCommand, MalformedLinesGetGenericError) {
   }
 }
 
+// Found by fuzz/control_command_fuzz.cpp: nlohmann::json throws out_of_range, not parse_error,
+// for a number out of a double's range; it escaped the parser and ended the client's coroutine
+// without a reply.
+TEST(ControlCommand, NumberOutOfRangeGetsGenericError) {
+  for (const char* bad : {R"({"execute":"x","id":1.5e700})", "1e999", R"({"execute":-1e400})"}) {
+    ControlCommand c;
+    json error;
+    EXPECT_FALSE(parse_control_command(bad, c, error)) << bad;
+    EXPECT_EQ(error["error"]["class"], "GenericError") << bad;
+  }
+}
+
 TEST(ControlCommand, IdIsKeptForTheErrorReply) {
   ControlCommand c;
   json error;
