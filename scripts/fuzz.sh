@@ -12,6 +12,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+"$root/scripts/setup.sh"
+
 seconds=${1:-60}
 shift || true
 all_targets=(xdr packet protocol migration_protocol frame_steps json_lines control_command
