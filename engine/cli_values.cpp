@@ -1,17 +1,21 @@
 #include "engine/cli_values.hpp"
 
 #include <fmt/format.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 
 #include "tunnel/protocol.hpp"
-#include "tunnel/unix_socket.hpp"
 
 namespace nbdtunnel::engine {
 
 namespace {
+// The longest path a UNIX socket address holds, as tunnel::listen_unix checks it; spelt out here
+// so that these parsers stay free of the socket code (and fuzzable without it).
+constexpr std::size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
+
 std::string check_name(const std::string& name) {
   if (name.empty()) return "the target name is empty";
   if (name.size() > tunnel::kMaxTargetNameLen) {
@@ -21,8 +25,8 @@ std::string check_name(const std::string& name) {
 }
 std::string check_path(const std::string& path) {
   if (path.empty()) return "the socket path is empty";
-  if (path.size() > tunnel::max_unix_path()) {
-    return fmt::format("the socket path is longer than {} bytes", tunnel::max_unix_path());
+  if (path.size() > kMaxSocketPath) {
+    return fmt::format("the socket path is longer than {} bytes", kMaxSocketPath);
   }
   return {};
 }

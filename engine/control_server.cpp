@@ -16,10 +16,10 @@
 #include <boost/asio/write.hpp>
 #include <cerrno>
 #include <cstring>
-#include <optional>
 #include <set>
 #include <vector>
 
+#include "engine/control_command.hpp"
 #include "qmp/json_lines.hpp"
 #include "tunnel/unix_socket.hpp"
 
@@ -72,10 +72,6 @@ std::runtime_error socket_error(const std::string& path, const std::string& what
   return std::runtime_error(fmt::format("control socket {}: {}", path, what));
 }
 
-json error_reply(std::string_view cls, std::string_view desc) {
-  return {{"error", {{"class", cls}, {"desc", desc}}}};
-}
-
 json return_reply(json value) {
   return {{"return", std::move(value)}};
 }
@@ -85,50 +81,8 @@ json greeting() {
       {"QMP", {{"version", {{"nbdtunnel", NBDTUNNEL_VERSION}}}, {"capabilities", json::array()}}}};
 }
 
-struct Request {
-  std::string command;
-  json arguments = json::object();
-  std::optional<json> id;
-};
-
-// Parses one request line; false with `error` set to the reply if it is not a valid command.
-// (Not a coroutine: see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.)
-bool parse_request(const std::string& line, Request& request, json& error) {
-  json j;
-  try {
-    j = json::parse(line);
-  } catch (const json::parse_error& e) {
-    error = error_reply("GenericError", fmt::format("the line is not valid JSON: {}", e.what()));
-    return false;
-  }
-  if (!j.is_object()) {
-    error = error_reply("GenericError",
-                        R"(a command must be a JSON object: {"execute":"NAME","arguments":{}})");
-    return false;
-  }
-  if (auto id = j.find("id"); id != j.end()) request.id = std::move(*id);
-  const auto execute = j.find("execute");
-  if (execute == j.end() || !execute->is_string()) {
-    error =
-        error_reply("GenericError",
-                    R"(the command has no "execute" string: {"execute":"NAME","arguments":{}})");
-    return false;
-  }
-  request.command = execute->get<std::string>();
-  if (auto args = j.find("arguments"); args != j.end()) {
-    if (!args->is_object()) {
-      error =
-          error_reply("GenericError",
-                      fmt::format(R"("arguments" of '{}' must be a JSON object)", request.command));
-      return false;
-    }
-    request.arguments = std::move(*args);
-  }
-  return true;
-}
-
 // Runs one command and returns its reply (without "id").
-asio::awaitable<json> run_command(State& s, const Request& request) {
+asio::awaitable<json> run_command(State& s, const ControlCommand& request) {
   if (request.command == "qmp_capabilities") co_return return_reply(json::object());
   spdlog::debug("control socket {}: {} {}", s.path, request.command, request.arguments.dump());
   std::string cls = "GenericError";
@@ -142,7 +96,7 @@ asio::awaitable<json> run_command(State& s, const Request& request) {
   } catch (const std::exception& e) {
     desc = fmt::format("'{}' failed: {}", request.command, e.what());
   }
-  co_return error_reply(cls, desc);
+  co_return control_error_reply(cls, desc);
 }
 
 asio::awaitable<bool> send(Client& c, const json& message) {
@@ -160,14 +114,15 @@ asio::awaitable<void> serve_client(std::shared_ptr<State> s, std::shared_ptr<Cli
   while (open && !s->stopped) {
     auto next = c->splitter.next();
     if (next.status == qmp::JsonLineSplitter::Status::line) {
-      Request request;
+      ControlCommand request;
       json reply;
-      if (parse_request(next.text, request, reply)) reply = co_await run_command(*s, request);
+      if (parse_control_command(next.text, request, reply))
+        reply = co_await run_command(*s, request);
       if (request.id) reply["id"] = std::move(*request.id);
       if (s->stopped) break;
       open = co_await send(*c, reply);
     } else if (next.status == qmp::JsonLineSplitter::Status::error) {
-      const json reply = error_reply(
+      const json reply = control_error_reply(
           "GenericError",
           fmt::format("a line is longer than {} bytes; closing the connection", kMaxLine));
       co_await send(*c, reply);

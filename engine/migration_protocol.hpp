@@ -34,11 +34,13 @@ inline constexpr std::uint32_t kPrepareCheckOnly = 1;  // report, change nothing
 struct PrepareDisk {
   std::string node;        // destination node name
   std::uint64_t size = 0;  // source disk size, bytes
+  friend bool operator==(const PrepareDisk&, const PrepareDisk&) = default;
 };
 struct Prepare {
   std::string migration_id;
   std::vector<PrepareDisk> disks;
   std::uint32_t flags = 0;
+  friend bool operator==(const Prepare&, const Prepare&) = default;
 };
 // What the destination found for one disk named in a PREPARE.
 struct DestDiskReport {
@@ -46,16 +48,19 @@ struct DestDiskReport {
   bool exists = false;
   std::uint64_t size = 0;
   bool writable = false;
+  friend bool operator==(const DestDiskReport&, const DestDiskReport&) = default;
 };
 struct PrepareResult {
   std::string qemu_version;  // destination QEMU, "" if the daemon has no --qmp
   std::string target;        // OPEN_TUNNEL target name serving this migration's exports
   std::vector<DestDiskReport> disks;
+  friend bool operator==(const PrepareResult&, const PrepareResult&) = default;
 };
 inline constexpr std::uint32_t kFinishAbort = 1;
 struct Finish {
   std::string migration_id;
   std::uint32_t flags = 0;
+  friend bool operator==(const Finish&, const Finish&) = default;
 };
 
 // Each encode_* appends a body; each decode_* parses a whole body and returns it, or an

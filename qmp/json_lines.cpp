@@ -20,7 +20,9 @@ JsonLineSplitter::Result JsonLineSplitter::next() {
     const auto nl = buf_.find('\n', start_ + scanned_);
     if (nl == std::string::npos) {
       scanned_ = buf_.size() - start_;
-      if (scanned_ > max_line_) {
+      // Refuse only a line that can no longer end within the limit: one of max_line_ bytes
+      // may still end in "\r\n", so its '\r' may be in before its '\n' is.
+      if (scanned_ > max_line_ + 1 || (scanned_ == max_line_ + 1 && buf_.back() != '\r')) {
         return fail(fmt::format("QMP line exceeds the {} byte limit ({} bytes without a newline)",
                                 max_line_, scanned_));
       }

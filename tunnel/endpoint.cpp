@@ -37,6 +37,12 @@ Result<Endpoint> parse_endpoint(const std::string& text) {
     ep.host = text.substr(0, colon);
     port = text.substr(colon + 1);
   }
+  // A bracket inside the host could not be written back as HOST:PORT (to_string) and is in no
+  // host name or address anyway.
+  if (ep.host.find_first_of("[]") != std::string::npos) {
+    return input_error(fmt::format("'{}' is not HOST:PORT: the host has a stray bracket", text),
+                       std::errc::invalid_argument);
+  }
   unsigned value = 0;
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (ep.host.empty() || port.empty() || ec != std::errc{} || end != port.data() + port.size() ||

@@ -73,6 +73,7 @@ struct PacketHeader {
   std::uint32_t type = 0;
   std::uint32_t serial = 0;
   std::uint32_t status = 0;
+  friend bool operator==(const PacketHeader&, const PacketHeader&) = default;
 };
 
 // HELLO call and reply bodies have the same shape.
@@ -83,11 +84,13 @@ struct Hello {
   std::string hostname;           // for messages only
   std::uint32_t window = 0;       // receive window per stream, bytes
   std::uint32_t max_payload = 0;  // largest stream payload the sender will emit
+  friend bool operator==(const Hello&, const Hello&) = default;
 };
 
 struct OpenTunnel {
   std::string target;
   std::uint32_t flags = 0;
+  friend bool operator==(const OpenTunnel&, const OpenTunnel&) = default;
 };
 
 // Shaped like libvirt's remote_error so that its dissectors read it.
@@ -98,6 +101,7 @@ struct RemoteError {
   std::int32_t level = kErrorLevel;
   std::optional<std::string> str1, str2, str3;
   std::int32_t int1 = 0, int2 = 0;
+  friend bool operator==(const RemoteError&, const RemoteError&) = default;
 };
 
 // Each encode_* appends a body; each decode_* parses a whole body and returns it, or an

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include <cstring>
+#include <algorithm>
 
 namespace nbdtunnel::tunnel {
 
@@ -95,7 +95,8 @@ std::optional<std::string> XdrReader::optional_string(std::size_t max_len) {
 
 void XdrReader::fixed_opaque(std::span<std::uint8_t> out) {
   if (!take(padded(out.size()), "opaque")) return;
-  std::memcpy(out.data(), in_.data() + pos_, out.size());
+  // std::copy, not memcpy: an empty span's data() may be null, which memcpy must not get.
+  std::copy_n(in_.data() + pos_, out.size(), out.data());
   pos_ += padded(out.size());
 }
 

@@ -112,6 +112,23 @@ TEST(JsonLineSplitter, LineAtLimitWithCrLfIsAccepted) {
   EXPECT_EQ(r.text, "abcd");
 }
 
+// Found by fuzz/json_lines_fuzz.cpp: how TCP cuts the bytes must not decide whether a line fits.
+TEST(JsonLineSplitter, LineAtLimitWithCrLfSplitBeforeNewlineIsAccepted) {
+  JsonLineSplitter s(4);
+  feed(s, "abcd\r");
+  EXPECT_EQ(s.next().status, Status::need_more);
+  feed(s, "\n");
+  auto r = s.next();
+  ASSERT_EQ(r.status, Status::line) << r.text;
+  EXPECT_EQ(r.text, "abcd");
+}
+
+TEST(JsonLineSplitter, LineOverLimitIsErrorBeforeItsNewline) {
+  JsonLineSplitter s(4);
+  feed(s, "abcde");
+  EXPECT_EQ(s.next().status, Status::error);
+}
+
 TEST(JsonLineSplitter, ErrorIsStickyUntilReset) {
   JsonLineSplitter s(4);
   feed(s, "0123456789");

@@ -88,5 +88,15 @@ TEST(Xdr, FirstErrorSticks) {
   EXPECT_EQ(r.error().message, first);
 }
 
+// Found by fuzz/xdr_fuzz.cpp (UBSan): a zero-length opaque passed a null pointer to memcpy.
+TEST(Xdr, ZeroLengthOpaqueReadsNothing) {
+  const std::vector<std::uint8_t> in = {0, 0, 0, 7};
+  XdrReader r(in);
+  r.fixed_opaque(std::span<std::uint8_t>{});
+  EXPECT_TRUE(r.ok());
+  EXPECT_EQ(r.u32(), 7u);
+  EXPECT_TRUE(r.finish("test"));
+}
+
 }  // namespace
 }  // namespace nbdtunnel::tunnel
