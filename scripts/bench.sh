@@ -3,14 +3,19 @@
 # bench (direct NBD vs nbdtunnel vs socat vs ssh) and writes bench/results/RESULTS-<date>.md and
 # results-<date>.json. See bench/README.md.
 #
-#   scripts/bench.sh [--quick] [--micro | --micro-only] [run_bench.py options...]
+#   scripts/bench.sh [--quick] [--tls] [--micro | --micro-only] [run_bench.py options...]
 #
 # Options for the macro bench (also settable by environment):
 #   --quick                 smoke test: 256 MiB, 1 run, no warm-up (under 2 minutes)
+#   --tls                   the TLS comparison: W1,W2 over direct, qemu-tcp, qemu-tls, nbdtunnel
+#                           (default mode and copy), nbdtunnel-tls, ssh-aes128-gcm; 1 warm-up + 5 runs;
+#                           writes RESULTS-<date>-tls.md (about 15 min at 2G; --size 1G halves it).
+#                           Certificates come from scripts/make-certs.sh, fresh for every bench run.
 #   --size S                image size for W1-W3, e.g. 2G            (BENCH_SIZE, default 2G)
 #   --runs N --warmup N     measured / discarded runs                (BENCH_RUNS=3, BENCH_WARMUP=1)
 #   --workloads W1,W4       which workloads                          (BENCH_WORKLOADS)
-#   --transports LIST       direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm (BENCH_TRANSPORTS)
+#   --transports LIST       direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm (BENCH_TRANSPORTS);
+#                           also qemu-tcp, qemu-tls, nbdtunnel:default, nbdtunnel:<mode>, nbdtunnel-tls
 #   --modes copy,splice     nbdtunnel copy modes (default: read from `nbdtunnel dest --help`)
 #                                                                    (BENCH_MODES)
 #   --nbdtunnel-args "..."  extra arguments for both roles, e.g. "--threads 2" (BENCH_NBDTUNNEL_ARGS)
@@ -51,8 +56,13 @@ done
 
 # Release, no tests. Warnings are shown but not fatal here: GCC's -O3 false positives must not
 # stop a benchmark (scripts/test.sh builds with -Werror).
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DNBDTUNNEL_TESTS=OFF -DNBDTUNNEL_BENCH=ON -DNBDTUNNEL_WERROR=OFF >/dev/null
+cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DNBDTUNNEL_TESTS=OFF -DNBDTUNNEL_BENCH=ON -DNBDTUNNEL_WERROR=OFF)
+# ccache, where installed, makes rebuilds of other checkouts of the tree cheap (as in scripts/test.sh).
+if command -v ccache >/dev/null; then
+  cmake_args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$ROOT} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
+fi
+cmake -S "$ROOT" -B "$BUILD" "${cmake_args[@]}" >/dev/null
 cmake --build "$BUILD" --target nbdtunnel nbd_latency bench_codec bench_copy -j"$JOBS"
 
 mkdir -p "$RESULTS"

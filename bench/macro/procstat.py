@@ -9,6 +9,8 @@ Resolution is one clock tick (1/CLK_TCK s, 10 ms) per process.
 """
 
 import os
+import subprocess
+import tempfile
 import threading
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -101,3 +103,26 @@ class TreeMonitor:
         self.peak_kib = max(self.peak_kib, hwm_kib(self.roots))
         self.cpu = cpu_seconds(self.roots) - self._cpu0 if self.roots else None
         return False
+
+
+def run_counting_cpu(argv, timeout):
+    """Runs argv to its end: (exit code, stdout, stderr, its user+sys CPU seconds, threads included).
+
+    The CPU comes from wait4()'s rusage of that one child, so nothing else the bench reaps is
+    counted. After `timeout` seconds the child is killed and the exit code is None.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        killed = []
+        timer = threading.Timer(timeout, lambda: (killed.append(True), p.kill()))
+        timer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+        code = None if killed else p.returncode
+        out.seek(0)
+        err.seek(0)
+        return code, out.read().decode(errors="replace"), err.read().decode(errors="replace"), \
+            ru.ru_utime + ru.ru_stime

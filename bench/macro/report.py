@@ -10,6 +10,11 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
+def _per_gib(runs, key):
+    """Median over runs of runs[key] per GiB moved (None where a run has no figure)."""
+    return _median([r[key] / (r["bytes"] / GiB) for r in runs if r.get(key) is not None and r["bytes"]])
+
+
 def summarize(runs, workloads, transports):
     """One row per (workload, transport) from the measured (non-warm-up) runs."""
     rows = []
@@ -25,8 +30,12 @@ def summarize(runs, workloads, transports):
                 "errors": sorted({r["error"] for r in rs if not r["ok"]}),
                 "mb_s": _median([r["mb_s"] for r in good]),
                 "mb_s_all": [r["mb_s"] for r in good],
-                "cpu_s_per_gib": _median([r["relay_cpu_s"] / (r["bytes"] / GiB)
-                                          for r in good if r["relay_cpu_s"] is not None and r["bytes"]]),
+                "cpu_s_per_gib": _per_gib(good, "relay_cpu_s"),
+                "src_cpu_s_per_gib": _per_gib(good, "src_cpu_s"),
+                "dst_cpu_s_per_gib": _per_gib(good, "dst_cpu_s"),
+                "all_cpu_s_per_gib": _median([sum(r.get(k) or 0 for k in ("relay_cpu_s", "src_cpu_s", "dst_cpu_s"))
+                                              / (r["bytes"] / GiB) for r in good
+                                              if r["bytes"] and r.get("dst_cpu_s") is not None]),
                 "peak_rss_mib": max([r["relay_peak_kib"] / 1024 for r in good if r["relay_peak_kib"]],
                                     default=None),
             }
@@ -46,8 +55,35 @@ def _f(v, fmt):
     return "—" if v is None else format(v, fmt)
 
 
-def markdown(meta, rows, titles, transports_desc):
+# (encrypted, its plain reference): the pairs the TLS cost is read from, when both ran.
+# nbdtunnel-tls runs in copy mode, so nbdtunnel:copy is its like-for-like reference; plain
+# nbdtunnel (default mode) is what an operator who turns TLS on moves away from.
+TLS_PAIRS = [("qemu-tls", "qemu-tcp"), ("nbdtunnel-tls", "nbdtunnel:copy"), ("nbdtunnel-tls", "nbdtunnel")]
+
+
+def tls_cost(rows):
+    """Lines comparing each encrypted transport with its plain reference, per workload."""
+    out = []
+    by = {(r["workload"], r["transport"]): r for r in rows}
+    for wk in dict.fromkeys(r["workload"] for r in rows):
+        for enc, ref in TLS_PAIRS:
+            e, p = by.get((wk, enc)), by.get((wk, ref))
+            if not e or not p or not e["mb_s"] or not p["mb_s"]:
+                continue
+            extra = ""
+            if e["all_cpu_s_per_gib"] is not None and p["all_cpu_s_per_gib"] is not None:
+                extra = (f", all-process CPU {e['all_cpu_s_per_gib']:.2f} against {p['all_cpu_s_per_gib']:.2f} s/GiB "
+                         f"({e['all_cpu_s_per_gib'] - p['all_cpu_s_per_gib']:+.2f})")
+            out.append(f"- {wk}: {enc} {e['mb_s']:.0f} MB/s = {e['mb_s'] / p['mb_s']:.2f}× {ref} "
+                       f"({p['mb_s']:.0f} MB/s){extra}")
+    return out
+
+
+def markdown(meta, rows, titles, transports_desc, skipped=None, notes=()):
+    skipped = skipped or {}
     out = [f"# nbdtunnel macro benchmark — {meta['date']}", ""]
+    for n in notes:
+        out += [n, ""]
     m = meta["machine"]
     out += [f"Machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, {m['mem_gib']:.0f} GiB RAM.", ""]
     la0, la1 = m.get("loadavg_start"), m.get("loadavg_end")
@@ -62,13 +98,24 @@ def markdown(meta, rows, titles, transports_desc):
     out += [f"- **{k}**: {v}" for k, v in titles.items()]
     out += ["", "Transports:", ""]
     out += [f"- **{k}**: {v}" for k, v in transports_desc.items()]
+    out += [f"- **{k}**: skipped — {v}" for k, v in skipped.items()]
     out += ["", "MB/s = 10^6 bytes/s of logical disk size (median of the measured runs); "
-            "× direct = ratio of medians; relay CPU = user+sys of every relay process "
-            "(children included) per GiB moved, median; peak RSS = summed VmHWM of the relay's "
-            "processes, max over runs; verify = runs whose destination matched the source byte for byte.", ""]
-    out += ["| workload | transport | MB/s | × direct | relay CPU s/GiB | peak RSS MiB | p50 / p99 µs (W4) | verify |",
-            "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
+            "× direct = ratio of medians; CPU columns are user+sys seconds per GiB moved, median over "
+            "runs: relay = every relay process (children included); src = the source side (source "
+            "qemu-storage-daemon for mirrors, nbdcopy for W2, nbd_latency for W4); dst = the destination "
+            "qemu-storage-daemon; all = their sum per run, the whole data path; peak RSS = summed VmHWM "
+            "of the relay's processes, max over runs; verify = runs whose destination matched the "
+            "source byte for byte.", ""]
+    out += ["| workload | transport | MB/s | × direct | relay CPU s/GiB | src CPU s/GiB | dst QEMU CPU s/GiB "
+            "| all CPU s/GiB | peak RSS MiB | p50 / p99 µs (W4) | verify |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    def skipped_rows(wk):
+        return [f"| {wk} | {name} | skipped | — | — | — | — | — | — | — | skipped (see Transports) |"
+                for name in skipped]
+
+    for i, r in enumerate(rows):
+        if i and rows[i - 1]["workload"] != r["workload"]:
+            out += skipped_rows(rows[i - 1]["workload"])
         lat = "—"
         if r["p50_us"] is not None:
             lat = f"{r['p50_us']:.0f} / {r['p99_us']:.0f}"
@@ -78,6 +125,13 @@ def markdown(meta, rows, titles, transports_desc):
             f"**FAILED** {r['runs'] - r['passed']}/{r['runs']}: {'; '.join(r['errors'])[:160]}"
         mbs = (_f(r["mb_s"], ".0f" if (r["mb_s"] or 0) >= 100 else ".1f")) if r["passed"] else "**FAILED**"
         out.append(f"| {r['workload']} | {r['transport']} | {mbs} | {_f(r['ratio'], '.2f')} | "
-                   f"{_f(r['cpu_s_per_gib'], '.2f')} | {_f(r['peak_rss_mib'], '.1f')} | {lat} | {verify} |")
+                   f"{_f(r['cpu_s_per_gib'], '.2f')} | {_f(r.get('src_cpu_s_per_gib'), '.2f')} | "
+                   f"{_f(r.get('dst_cpu_s_per_gib'), '.2f')} | {_f(r.get('all_cpu_s_per_gib'), '.2f')} | "
+                   f"{_f(r['peak_rss_mib'], '.1f')} | {lat} | {verify} |")
+    if rows:
+        out += skipped_rows(rows[-1]["workload"])
+    cost = tls_cost(rows)
+    if cost:
+        out += ["", "TLS cost (each encrypted transport against its plain reference, same run):", ""] + cost
     out += ["", f"Total wall time: {meta['elapsed_min']:.1f} min.", ""]
     return "\n".join(out)

@@ -2,6 +2,8 @@
 """nbdtunnel macro benchmark: the same workloads over direct NBD, nbdtunnel, socat and ssh.
 
 Usage: run_bench.py --nbdtunnel BIN --latency-tool BIN [options]; see --help and bench/README.md.
+--tls compares the encrypted transports instead: W1 and W2 over direct, QEMU's own NBD over TCP
+and over mutual TLS, nbdtunnel without and with TLS, and ssh with AES-128-GCM.
 """
 
 import argparse
@@ -25,6 +27,9 @@ import transports as tp  # noqa: E402
 import workloads as wl  # noqa: E402
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TRANSPORTS = "direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm"
+TLS_TRANSPORTS = "direct,qemu-tcp,qemu-tls,nbdtunnel:default,nbdtunnel:copy,nbdtunnel-tls,ssh-aes128-gcm"
 
 
 def parse_size(s):
@@ -41,6 +46,9 @@ def parse_args():
     p.add_argument("--latency-tool", required=True, help="bench/tools nbd_latency binary")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 256 MiB, W5 4 x 64 MiB, 1000 W4 requests, no warm-up, 1 run")
+    p.add_argument("--tls", action="store_true",
+                   help=f"TLS comparison: workloads W1,W2, transports {TLS_TRANSPORTS}, 5 runs "
+                   "(each still settable); results in RESULTS-<date>-tls.md")
     p.add_argument("--size", type=parse_size, help="image size for W1-W3 (default 2G)")
     p.add_argument("--w5-disks", type=int, default=4)
     p.add_argument("--w5-disk-size", type=parse_size, help="size of each W5 disk (default 512M)")
@@ -48,9 +56,12 @@ def parse_args():
     p.add_argument("--w4-seconds", type=float, default=10.0, help="W4 time bound per run (timed requests stop after it)")
     p.add_argument("--runs", type=int, help="measured runs per (transport, workload) (default 3)")
     p.add_argument("--warmup", type=int, help="warm-up runs, discarded (default 1)")
-    p.add_argument("--workloads", default="W1,W2,W3,W4,W5")
-    p.add_argument("--transports", default="direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm",
-                   help="comma list; 'nbdtunnel' means every copy mode offered")
+    p.add_argument("--workloads", help="comma list (default W1,W2,W3,W4,W5; --tls: W1,W2)")
+    p.add_argument("--transports",
+                   help=f"comma list (default {DEFAULT_TRANSPORTS}; --tls: {TLS_TRANSPORTS}); "
+                   "'nbdtunnel' means every copy mode offered, 'nbdtunnel:default' one run without "
+                   "--copy-mode, 'nbdtunnel-tls' mutual TLS in copy mode (skipped while the binary "
+                   "has no --tls-dir), 'qemu-tcp' / 'qemu-tls' QEMU's own NBD over TCP / mutual TLS")
     p.add_argument("--modes", help="nbdtunnel copy modes to run (default: read from --help)")
     p.add_argument("--baseline", help="a second nbdtunnel binary (e.g. a build of the previous commit): "
                    "each nbdtunnel transport gets a 'baseline:<mode>' twin, interleaved in the same run")
@@ -58,12 +69,16 @@ def parse_args():
     p.add_argument("--workdir", help="scratch directory (default /dev/shm/nbdtunnel-bench if it has room)")
     p.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
     p.add_argument("--keep-images", action="store_true")
+    p.add_argument("--note", action="append", default=[],
+                   help="a paragraph put at the top of the results file (repeatable)")
     a = p.parse_args()
     quick = a.quick
     a.size = a.size or (256 * MiB if quick else 2 << 30)
     a.w5_disk_size = a.w5_disk_size or (64 * MiB if quick else 512 * MiB)
     a.w4_requests = a.w4_requests or (1000 if quick else 20000)
-    a.runs = a.runs if a.runs is not None else (1 if quick else 3)
+    a.runs = a.runs if a.runs is not None else (1 if quick else 5 if a.tls else 3)
+    a.workloads = a.workloads or ("W1,W2" if a.tls else "W1,W2,W3,W4,W5")
+    a.transports = a.transports or (TLS_TRANSPORTS if a.tls else DEFAULT_TRANSPORTS)
     a.warmup = a.warmup if a.warmup is not None else (0 if quick else 1)
     return a
 
@@ -98,7 +113,18 @@ def version(argv, pattern=None):
         return "unknown"
 
 
+def make_certs(workdir):
+    """A fresh CA, server and client certificate for this bench run, by scripts/make-certs.sh."""
+    tls_dir = workdir / "tls"
+    shutil.rmtree(tls_dir, ignore_errors=True)
+    p = subprocess.run([str(ROOT / "scripts" / "make-certs.sh"), str(tls_dir)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"scripts/make-certs.sh failed: {p.stderr.strip()}")
+    return tls_dir
+
+
 def make_transports(a, workdir):
+    """The transports asked for, and {name: reason} for those that cannot run with this binary."""
     wanted = [t.strip() for t in a.transports.split(",") if t.strip()]
     extra = a.nbdtunnel_args.split()
     offered = tp.copy_modes(a.nbdtunnel)
@@ -108,18 +134,47 @@ def make_transports(a, workdir):
                                                                           (ms.index(m) for ms in offered.values() if m in ms), 0))
     if a.modes and not roles:
         roles = ("dest", "source")  # the user asked for modes: pass them to both roles
+    has_tls, has_no_tls = tp.tls_support(a.nbdtunnel)
+    # Once the binary speaks TLS, the plain transports say --no-tls (loopback only, as here).
+    plain = ["--no-tls"] if has_no_tls else []
+    base_plain = ["--no-tls"] if a.baseline and tp.tls_support(a.baseline)[1] else []
     keys = None
-    out = []
+    tls_dir = None
+    out, skipped = [], {}
+
+    def certs():
+        nonlocal tls_dir
+        tls_dir = tls_dir or make_certs(workdir)
+        return tls_dir
+
     for w in wanted:
         if w == "direct":
             out.append(tp.Direct())
         elif w == "nbdtunnel":
-            out += [tp.Nbdtunnel(a.nbdtunnel, m, roles, extra) for m in modes] or [tp.Nbdtunnel(a.nbdtunnel, None, (), extra)]
+            out += [tp.Nbdtunnel(a.nbdtunnel, m, roles, extra, plain_flags=plain) for m in modes] or [
+                tp.Nbdtunnel(a.nbdtunnel, None, (), extra, plain_flags=plain)]
             if a.baseline:
-                out += [tp.Nbdtunnel(a.baseline, m, roles, extra, "baseline") for m in modes] or [
-                    tp.Nbdtunnel(a.baseline, None, (), extra, "baseline")]
+                out += [tp.Nbdtunnel(a.baseline, m, roles, extra, "baseline", plain_flags=base_plain)
+                        for m in modes] or [tp.Nbdtunnel(a.baseline, None, (), extra, "baseline", plain_flags=base_plain)]
+        elif w == "nbdtunnel:default":
+            out.append(tp.Nbdtunnel(a.nbdtunnel, None, (), extra, plain_flags=plain))
         elif w.startswith("nbdtunnel:"):
-            out.append(tp.Nbdtunnel(a.nbdtunnel, w.split(":", 1)[1], roles or ("dest", "source"), extra))
+            out.append(tp.Nbdtunnel(a.nbdtunnel, w.split(":", 1)[1], roles or ("dest", "source"), extra,
+                                    plain_flags=plain))
+        elif w == "nbdtunnel-tls":
+            if not has_tls:
+                skipped[w] = (f"`{a.nbdtunnel} dest --help` (or `source --help`) offers no --tls-dir: "
+                              "this build has no TLS yet")
+                continue
+            # TLS is user-space crypto here (no kTLS), so splice is not on offer: copy mode.
+            mode = "copy" if "copy" in modes else None
+            t = tp.Nbdtunnel(a.nbdtunnel, mode, roles, extra, tls_dir=certs())
+            t.name = "nbdtunnel-tls"
+            out.append(t)
+        elif w == "qemu-tcp":
+            out.append(tp.QemuTcp())
+        elif w == "qemu-tls":
+            out.append(tp.QemuTls(certs()))
         elif w == "socat":
             out.append(tp.Socat())
         elif w.startswith("socat-b"):
@@ -134,7 +189,9 @@ def make_transports(a, workdir):
             raise SystemExit(f"unknown transport {w!r}")
     if not out or out[0].name != "direct":
         print("note: without 'direct' first, no ratios are computed", file=sys.stderr)
-    return out, offered
+    for name, why in skipped.items():
+        print(f"note: transport {name} skipped: {why}", file=sys.stderr)
+    return out, offered, skipped
 
 
 def main():
@@ -143,7 +200,7 @@ def main():
     now = datetime.datetime.now()
     workdir = pick_workdir(a)
     workdir.mkdir(parents=True, exist_ok=True)
-    transports, offered = make_transports(a, workdir)
+    transports, offered, skipped = make_transports(a, workdir)
     works = wl.build(workdir, a.size, a.w5_disks, a.w5_disk_size, a.w4_requests, a.w4_seconds,
                      a.latency_tool)
     keys = [k.strip() for k in a.workloads.split(",") if k.strip()]
@@ -152,7 +209,8 @@ def main():
             raise SystemExit(f"unknown workload {k!r}; have {', '.join(works)}")
 
     settings = {
-        "mode": "quick" if a.quick else "full",
+        "mode": ("TLS comparison (--tls)" if a.tls else "full") if not a.quick else
+                ("quick, TLS comparison" if a.tls else "quick"),
         "image size (W1-W3)": f"{a.size / MiB:g} MiB",
         "W5": f"{a.w5_disks} x {a.w5_disk_size / MiB:g} MiB",
         "W4": f"{a.w4_requests} requests of 4 KiB, queue depth 1, 1 GiB export, time bound {a.w4_seconds:g} s, "
@@ -163,12 +221,17 @@ def main():
                        "without fsync); images on " + str(workdir),
         "mirror": "blockdev-mirror sync=full with QEMU defaults (granularity, buf-size), "
                   "timed from blockdev-mirror to BLOCK_JOB_COMPLETED after block-job-cancel at READY",
-        "nbdcopy": "nbdcopy SRC.img nbd+unix:///disk0?socket=... with its defaults",
+        "nbdcopy": "nbdcopy SRC.img URI with its defaults; URI nbd+unix:///disk0?socket=... (nbd://127.0.0.1:PORT/disk0 "
+                   "for qemu-tcp, nbds://127.0.0.1:PORT/disk0?tls-certificates=DIR for qemu-tls)",
         "nbdtunnel copy modes offered": json.dumps(offered) if offered else "none (no --copy-mode in --help)",
         "nbdtunnel extra args": a.nbdtunnel_args or "none",
+        "CPU columns": "user+sys CPU seconds per GiB over the timed window: the relay's processes; the source "
+                       "side (its qemu-storage-daemon in W1/W3/W5, nbdcopy in W2, nbd_latency in W4); the "
+                       "destination qemu-storage-daemon; and their sum (every process on the data path)",
         "versions": "; ".join([version([a.nbdtunnel, "--version"]), version(["qemu-storage-daemon", "--version"]),
                                version(["nbdcopy", "--version"]), version(["socat", "-V"], r"socat version").split(" on ")[0],
-                               version(["ssh", "-V"])]),
+                               version(["ssh", "-V"]), version(["openssl", "version"]),
+                               version(["certtool", "--version"], r"certtool")]),
     }
     meta = {"date": now.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "settings": settings}
     print(f"nbdtunnel macro bench {meta['date']}; workdir {workdir}", flush=True)
@@ -195,11 +258,14 @@ def main():
                         pass
                 rec = {"workload": k, "transport": t.name, "run": i, "warmup": i < a.warmup, "ok": r.ok,
                        "error": r.error, "bytes": r.bytes, "seconds": r.seconds, "mb_s": r.mb_s,
-                       "relay_cpu_s": r.relay_cpu_s, "relay_peak_kib": r.relay_peak_kib, "extra": r.extra}
+                       "relay_cpu_s": r.relay_cpu_s, "relay_peak_kib": r.relay_peak_kib,
+                       "src_cpu_s": r.src_cpu_s, "dst_cpu_s": r.dst_cpu_s, "extra": r.extra}
                 runs.append(rec)
                 tag = "warm-up" if rec["warmup"] else f"run {i - a.warmup + 1}/{a.runs}"
                 if r.ok:
                     cpu = f"{r.relay_cpu_s:.2f} s" if r.relay_cpu_s is not None else "-"
+                    cpu += f", src {r.src_cpu_s:.2f} s" if r.src_cpu_s is not None else ""
+                    cpu += f", dst {r.dst_cpu_s:.2f} s" if r.dst_cpu_s is not None else ""
                     lat = f" p50 {r.extra['p50_us']:.0f} us p99 {r.extra['p99_us']:.0f} us" if r.extra else ""
                     print(f"{k} {tag:9} {t.name:24} {r.mb_s:8.1f} MB/s  relay cpu {cpu}{lat}  verified  [{time.monotonic() - t_run:.1f} s]",
                           flush=True)
@@ -212,13 +278,14 @@ def main():
     rows = report.summarize(runs, keys, [t.name for t in transports])
     titles = {k: works[k].title for k in keys}
     descs = {t.name: t.description for t in transports}
-    md = report.markdown(meta, rows, titles, descs)
+    md = report.markdown(meta, rows, titles, descs, skipped, a.note)
     res = Path(a.results_dir)
     res.mkdir(parents=True, exist_ok=True)
-    stamp = now.strftime("%Y-%m-%dT%H%M") + ("-quick" if a.quick else "")
+    stamp = now.strftime("%Y-%m-%dT%H%M") + ("-tls" if a.tls else "") + ("-quick" if a.quick else "")
     (res / f"RESULTS-{stamp}.md").write_text(md)
     (res / f"results-{stamp}.json").write_text(json.dumps(
-        {"meta": meta, "workloads": titles, "transports": descs, "summary": rows, "runs": runs}, indent=1))
+        {"meta": meta, "workloads": titles, "transports": descs, "skipped": skipped, "summary": rows,
+         "runs": runs}, indent=1))
     print()
     print(md)
     print(f"written: {res}/RESULTS-{stamp}.md and results-{stamp}.json")

@@ -1,8 +1,10 @@
-"""The ways a source QEMU can reach the destination's NBD UNIX socket.
+"""The ways a source QEMU can reach the destination QEMU's NBD server.
 
-Each transport is started fresh for every run: start(dst_sock, rundir) returns the UNIX socket
-the source side connects to; relay_pids() are the roots of the relay process trees whose CPU and
-memory are measured; stop() ends them.
+Each transport is started fresh for every run. listen(rundir) says where the destination QEMU's
+NBD server listens (an NbdAddress: the UNIX socket rundir/dst-nbd.sock unless the transport is
+QEMU's own TCP or TLS); start(dst, rundir) returns the NbdAddress the source side connects to;
+relay_pids() are the roots of the relay process trees whose CPU and memory are measured; stop()
+ends them.
 """
 
 import getpass
@@ -11,17 +13,15 @@ import re
 import subprocess
 from pathlib import Path
 
+from nbdaddr import TLS13_PRIORITY, NbdAddress
 from procs import Proc, free_port, wait_for_tcp_listen, wait_for_unix_socket
 
 
-class Direct:
-    """No relay: the source connects straight to the destination's socket. The upper bound."""
+class Transport:
+    """What every transport shares: the destination QEMU listens on a UNIX socket in the run dir."""
 
-    name = "direct"
-    description = "source QEMU connects to the destination QEMU's NBD UNIX socket"
-
-    def start(self, dst_sock, rundir):
-        return dst_sock
+    def listen(self, rundir):
+        return NbdAddress.unix(Path(rundir) / "dst-nbd.sock")
 
     def relay_pids(self):
         return []
@@ -30,30 +30,86 @@ class Direct:
         pass
 
 
-class Nbdtunnel:
-    """nbdtunnel dest + nbdtunnel source on 127.0.0.1, one channel."""
+class Direct(Transport):
+    """No relay: the source connects straight to the destination's socket. The upper bound."""
 
-    def __init__(self, binary, mode=None, mode_roles=(), extra_args=(), label="nbdtunnel"):
+    name = "direct"
+    description = "source QEMU connects to the destination QEMU's NBD UNIX socket"
+
+    def start(self, dst, rundir):
+        return dst
+
+
+class QemuTcp(Transport):
+    """No relay: the destination QEMU's NBD server listens on TCP 127.0.0.1, the source dials it."""
+
+    name = "qemu-tcp"
+    description = ("no relay: the destination qemu-storage-daemon's NBD server on TCP 127.0.0.1 "
+                   "(a free port), the source connects to it (plain NBD, no TLS)")
+
+    def listen(self, rundir):
+        return NbdAddress.tcp("127.0.0.1", free_port())
+
+    def start(self, dst, rundir):
+        return dst
+
+
+class QemuTls(Transport):
+    """QEMU's own NBD over mutual x509 TLS 1.3: tls-creds-x509 on the server and on each client."""
+
+    name = "qemu-tls"
+
+    def __init__(self, tls_dir):
+        self.tls_dir = str(tls_dir)
+        self.description = (
+            "no relay: the destination qemu-storage-daemon's NBD server on TCP 127.0.0.1 with "
+            f"`--object tls-creds-x509,endpoint=server,dir={self.tls_dir},verify-peer=on,"
+            f"priority={TLS13_PRIORITY}` and `tls-creds` on the nbd-server; the source QEMU's "
+            "blockdev-add nbd has `tls-creds` of an object-added tls-creds-x509 endpoint=client "
+            "(same dir and priority: it presents client-cert.pem and checks the server's SAN against "
+            "127.0.0.1); nbdcopy uses nbds://127.0.0.1:PORT/disk0?tls-certificates=DIR (libnbd, "
+            "GnuTLS). Mutual x509, TLS 1.3 only, GnuTLS's default cipher order (AES-256-GCM here)")
+
+    def listen(self, rundir):
+        return NbdAddress.tcp("127.0.0.1", free_port(), self.tls_dir)
+
+    def start(self, dst, rundir):
+        return dst
+
+
+class Nbdtunnel(Transport):
+    """nbdtunnel dest + nbdtunnel source on 127.0.0.1, one channel.
+
+    tls_dir: mutual TLS on the channel with that certificate directory (`--tls-dir` to both
+    roles). plain_flags: what the roles need to run without TLS once they have TLS (`--no-tls`
+    when their --help offers it; nothing before).
+    """
+
+    def __init__(self, binary, mode=None, mode_roles=(), extra_args=(), label="nbdtunnel",
+                 tls_dir=None, plain_flags=()):
         self.binary = binary
         self.mode = mode
         self.mode_roles = mode_roles  # roles whose --help offers --copy-mode
         self.extra = list(extra_args)
+        self.tls = ["--tls-dir", str(tls_dir)] if tls_dir else list(plain_flags)
         self.name = f"{label}:{mode}" if mode else label
         self.description = (f"{label} ({binary}) dest+source over TCP 127.0.0.1, "
-                            f"copy mode {mode or 'default'}"
+                            f"copy mode {mode or 'default'}, "
+                            + (f"mutual TLS (--tls-dir {tls_dir}, certificates by scripts/make-certs.sh)"
+                               if tls_dir else "no TLS" + (f" ({' '.join(plain_flags)})" if plain_flags else ""))
                             + (f", extra args {' '.join(self.extra)}" if self.extra else ""))
         self._procs = []
 
     def _role_args(self, role):
-        args = list(self.extra)
+        args = self.tls + self.extra
         if self.mode and role in self.mode_roles:
             args += ["--copy-mode", self.mode]
         return args
 
-    def start(self, dst_sock, rundir):
+    def start(self, dst, rundir):
         src_sock = str(Path(rundir) / "tunnel-src.sock")
         log = Path(rundir) / "nbdtunnel.log"
-        dest = Proc([self.binary, "dest", "--listen", "127.0.0.1:0", "--target", f"nbd={dst_sock}",
+        dest = Proc([self.binary, "dest", "--listen", "127.0.0.1:0", "--target", f"nbd={dst.path}",
                      *self._role_args("dest")], log)
         self._procs.append(dest)
         port = dest.wait_for_line(r"listening on [^\s:]+:(\d+)").group(1)
@@ -62,7 +118,7 @@ class Nbdtunnel:
         self._procs.append(source)
         source.wait_for_line(r"channel connected to")
         wait_for_unix_socket(src_sock, proc=source)
-        return src_sock
+        return NbdAddress.unix(src_sock)
 
     def relay_pids(self):
         return [p.pid for p in self._procs]
@@ -73,7 +129,7 @@ class Nbdtunnel:
         self._procs = []
 
 
-class Socat:
+class Socat(Transport):
     """Two forking socat processes: UNIX-LISTEN -> TCP and TCP-LISTEN -> UNIX-CONNECT."""
 
     def __init__(self, buf=None):
@@ -83,19 +139,19 @@ class Socat:
                             "reuseaddr -> UNIX-CONNECT, " + (f"-b {buf}" if buf else "default buffer (8192)"))
         self._procs = []
 
-    def start(self, dst_sock, rundir):
+    def start(self, dst, rundir):
         src_sock = str(Path(rundir) / "socat-src.sock")
         port = free_port()
         b = ["-b", str(self.buf)] if self.buf else []
         log = Path(rundir) / "socat.log"
         dst = Proc(["socat", *b, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
-                    f"UNIX-CONNECT:{dst_sock}"], log)
+                    f"UNIX-CONNECT:{dst.path}"], log)
         self._procs.append(dst)
         wait_for_tcp_listen(port)
         src = Proc(["socat", *b, f"UNIX-LISTEN:{src_sock},fork", f"TCP:127.0.0.1:{port}"], log)
         self._procs.append(src)
         wait_for_unix_socket(src_sock, proc=src)
-        return src_sock
+        return NbdAddress.unix(src_sock)
 
     def relay_pids(self):
         return [p.pid for p in self._procs]
@@ -120,7 +176,7 @@ class SshKeys:
         os.chmod(self.dir / "authorized_keys", 0o600)
 
 
-class Ssh:
+class Ssh(Transport):
     """ssh -N -L src.sock:dst.sock to a private sshd on a high loopback port."""
 
     def __init__(self, keys, cipher=None):
@@ -153,7 +209,7 @@ LogLevel ERROR
 """)
         return cfg
 
-    def start(self, dst_sock, rundir):
+    def start(self, dst, rundir):
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         port = free_port()
@@ -167,10 +223,10 @@ LogLevel ERROR
                     "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                     "-o", f"UserKnownHostsFile={self.keys.dir}/known_hosts",
                     "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
-                    *cipher, "-L", f"{src_sock}:{dst_sock}", f"{getpass.getuser()}@127.0.0.1"], log)
+                    *cipher, "-L", f"{src_sock}:{dst.path}", f"{getpass.getuser()}@127.0.0.1"], log)
         self._procs.append(ssh)
         wait_for_unix_socket(src_sock, proc=ssh)
-        return src_sock
+        return NbdAddress.unix(src_sock)
 
     def relay_pids(self):
         return [p.pid for p in self._procs]
@@ -191,13 +247,23 @@ def default_ssh_cipher():
     return "unknown"
 
 
+def role_help(binary, role):
+    """The --help text of one nbdtunnel role (stdout and stderr)."""
+    p = subprocess.run([binary, role, "--help"], capture_output=True, text=True)
+    return p.stdout + p.stderr
+
+
+def tls_support(binary):
+    """(whether both roles offer --tls-dir, whether both offer --no-tls), from their --help."""
+    helps = [role_help(binary, r) for r in ("dest", "source")]
+    return all("--tls-dir" in h for h in helps), all("--no-tls" in h for h in helps)
+
+
 def copy_modes(binary):
     """{role: [modes]} for the roles whose --help offers --copy-mode, parsed from the help text."""
     found = {}
     for role in ("dest", "source"):
-        text = subprocess.run([binary, role, "--help"], capture_output=True, text=True)
-        text = text.stdout + text.stderr
-        lines = text.splitlines()
+        lines = role_help(binary, role).splitlines()
         for i, line in enumerate(lines):
             if "--copy-mode" not in line:
                 continue

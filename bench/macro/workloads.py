@@ -1,13 +1,12 @@
 """The workloads W1..W5. Each run() takes a started-per-run transport and returns a RunResult."""
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import images
-from procstat import TreeMonitor
+from procstat import TreeMonitor, cpu_seconds, run_counting_cpu
 from qsd import StorageDaemon
 
 MiB = 1 << 20
@@ -21,6 +20,8 @@ class RunResult:
     seconds: float = 0.0
     relay_cpu_s: float | None = None
     relay_peak_kib: int | None = None
+    src_cpu_s: float | None = None   # the source side: its QEMU (W1/W3/W5), nbdcopy (W2), nbd_latency (W4)
+    dst_cpu_s: float | None = None   # the destination QEMU
     extra: dict = field(default_factory=dict)
 
     @property
@@ -28,16 +29,22 @@ class RunResult:
         return self.bytes / self.seconds / 1e6 if self.ok and self.seconds > 0 else None
 
 
-def _nbd_uri(sock, export):
-    return f"nbd+unix:///{export}?socket={sock}"
+def _measure(transport, res, body, dest, src=None):
+    """Runs body() inside a relay monitor; fills the CPU/RSS fields of res.
 
-
-def _measure(transport, res, body):
-    """Runs body() inside a relay monitor; fills the CPU/RSS fields of res."""
+    dest and src are the StorageDaemons whose CPU is counted over the same window (src is None
+    when the source side is a tool run by body(), which then sets res.src_cpu_s itself).
+    """
+    qemus = [dest] + ([src] if src else [])
+    cpu0 = [cpu_seconds([q.pid]) for q in qemus]
     with TreeMonitor(transport.relay_pids()) as mon:
         body()
+        cpu1 = [cpu_seconds([q.pid]) for q in qemus]
         if transport.relay_pids():
             time.sleep(0.3)  # let forking relays reap their per-connection children
+    res.dst_cpu_s = cpu1[0] - cpu0[0]
+    if src:
+        res.src_cpu_s = cpu1[1] - cpu0[1]
     if transport.relay_pids():
         res.relay_cpu_s = mon.cpu
         res.relay_peak_kib = mon.peak_kib
@@ -55,17 +62,16 @@ class Mirror:
         res = RunResult()
         srcs = [make() for make in self.sources]
         dsts = [images.blank_image(Path(rundir) / f"dst{i}.img", self.disk_size) for i in range(len(srcs))]
-        dst_sock = str(Path(rundir) / "dst-nbd.sock")
-        dest = StorageDaemon("dst", rundir, [(f"disk{i}", d) for i, d in enumerate(dsts)], dst_sock)
+        dst_addr = transport.listen(rundir)
+        dest = StorageDaemon("dst", rundir, [(f"disk{i}", d) for i, d in enumerate(dsts)], dst_addr)
         src = None
         try:
             src = StorageDaemon("src", rundir, [(f"src{i}", s) for i, s in enumerate(srcs)])
-            sock = transport.start(dst_sock, rundir)
+            addr = transport.start(dst_addr, rundir)
             try:
                 q = src.qmp
                 for i in range(len(srcs)):
-                    q.execute("blockdev-add", {"driver": "nbd", "node-name": f"tgt{i}", "export": f"disk{i}",
-                                               "server": {"type": "unix", "path": sock}})
+                    src.add_nbd_target(f"tgt{i}", f"disk{i}", addr)
                 timeout = max(300.0, self.disk_size * len(srcs) / 20e6)
 
                 def body():
@@ -84,7 +90,7 @@ class Mirror:
                     for i in range(len(srcs)):
                         q.execute("blockdev-del", {"node-name": f"tgt{i}"})
 
-                _measure(transport, res, body)
+                _measure(transport, res, body, dest, src)
             finally:
                 transport.stop()
         finally:
@@ -112,20 +118,21 @@ class NbdCopy:
         res = RunResult()
         srcimg = self.source()
         dst = images.blank_image(Path(rundir) / "dst0.img", self.disk_size)
-        dst_sock = str(Path(rundir) / "dst-nbd.sock")
-        dest = StorageDaemon("dst", rundir, [("disk0", dst)], dst_sock)
+        dst_addr = transport.listen(rundir)
+        dest = StorageDaemon("dst", rundir, [("disk0", dst)], dst_addr)
         try:
-            sock = transport.start(dst_sock, rundir)
+            addr = transport.start(dst_addr, rundir)
             try:
                 def body():
                     t0 = time.monotonic()
-                    p = subprocess.run(["nbdcopy", str(srcimg), _nbd_uri(sock, "disk0")],
-                                       capture_output=True, text=True, timeout=max(300, self.disk_size / 20e6))
+                    timeout = max(300, self.disk_size / 20e6)
+                    code, _, err, res.src_cpu_s = run_counting_cpu(["nbdcopy", srcimg, addr.uri("disk0")], timeout)
                     res.seconds = time.monotonic() - t0
-                    if p.returncode != 0:
-                        raise RuntimeError(f"nbdcopy failed ({p.returncode}): {p.stderr.strip()[-300:]}")
+                    if code != 0:
+                        why = f"timed out after {timeout:.0f} s" if code is None else f"exit code {code}"
+                        raise RuntimeError(f"nbdcopy failed ({why}): {err.strip()[-300:]}")
 
-                _measure(transport, res, body)
+                _measure(transport, res, body, dest)
             finally:
                 transport.stop()
         finally:
@@ -148,23 +155,23 @@ class Latency:
     def run(self, transport, rundir):
         res = RunResult()
         dst = images.blank_image(Path(rundir) / "dst0.img", self.disk_size)
-        dst_sock = str(Path(rundir) / "dst-nbd.sock")
-        dest = StorageDaemon("dst", rundir, [("disk0", dst)], dst_sock)
+        dst_addr = transport.listen(rundir)
+        dest = StorageDaemon("dst", rundir, [("disk0", dst)], dst_addr)
         try:
-            sock = transport.start(dst_sock, rundir)
+            addr = transport.start(dst_addr, rundir)
             try:
                 out = {}
 
                 def body():
-                    p = subprocess.run([self.tool, "--uri", _nbd_uri(sock, "disk0"),
-                                        "--requests", str(self.requests), "--seconds", str(self.seconds),
-                                        "--verify-uri", _nbd_uri(dst_sock, "disk0")],
-                                       capture_output=True, text=True, timeout=self.seconds + 300)
-                    if p.returncode not in (0, 3):
-                        raise RuntimeError(f"nbd_latency failed ({p.returncode}): {p.stderr.strip()[-300:]}")
-                    out.update(json.loads(p.stdout))
+                    # The read-back check goes to the destination directly; its CPU is counted too.
+                    code, stdout, err, res.src_cpu_s = run_counting_cpu(
+                        [self.tool, "--uri", addr.uri("disk0"), "--requests", self.requests,
+                         "--seconds", self.seconds, "--verify-uri", dst_addr.uri("disk0")], self.seconds + 300)
+                    if code not in (0, 3):
+                        raise RuntimeError(f"nbd_latency failed ({code}): {err.strip()[-300:]}")
+                    out.update(json.loads(stdout))
 
-                _measure(transport, res, body)
+                _measure(transport, res, body, dest)
             finally:
                 transport.stop()
         finally:
