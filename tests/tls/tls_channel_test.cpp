@@ -57,7 +57,7 @@ TEST_F(TlsChannelTest, StreamCarriesBytesEndToEndOverTls) {
   int closed = 0;
   std::string ready_with, close_reason;
   ChannelEvents dest_events;
-  dest_events.resolve_target = [&](const std::string& name) -> Result<std::string> {
+  dest_events.resolve_target = [&](const Channel&, const std::string& name) -> Result<std::string> {
     if (name != "echo") return input_error("unknown target '" + name + "'");
     return target_path;
   };
