@@ -9,7 +9,7 @@
 #   --quick                 smoke test: 256 MiB, 1 run, no warm-up (under 2 minutes)
 #   --tls                   the TLS comparison: W1,W2 over direct, qemu-tcp, qemu-tls, nbdtunnel
 #                           (default mode and copy), nbdtunnel-tls, ssh-aes128-gcm; 1 warm-up + 5 runs;
-#                           writes RESULTS-<date>-tls.md (about 15 min at 2G; --size 1G halves it).
+#                           writes RESULTS-<date>-tls.md (--size 512M: ~4 min on 2 busy cores).
 #                           Certificates come from scripts/make-certs.sh, fresh for every bench run.
 #   --size S                image size for W1-W3, e.g. 2G            (BENCH_SIZE, default 2G)
 #   --runs N --warmup N     measured / discarded runs                (BENCH_RUNS=3, BENCH_WARMUP=1)

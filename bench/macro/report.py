@@ -120,7 +120,7 @@ def markdown(meta, rows, titles, transports_desc, skipped=None, notes=()):
         if r["p50_us"] is not None:
             lat = f"{r['p50_us']:.0f} / {r['p99_us']:.0f}"
             if r["transport"] != "direct" and "added_p50_us" in r:
-                lat += f" (+{r['added_p50_us']:.0f} / +{r['added_p99_us']:.0f})"
+                lat += f" ({r['added_p50_us']:+.0f} / {r['added_p99_us']:+.0f})"
         verify = f"ok {r['passed']}/{r['runs']}" if r["passed"] == r["runs"] else \
             f"**FAILED** {r['runs'] - r['passed']}/{r['runs']}: {'; '.join(r['errors'])[:160]}"
         mbs = (_f(r["mb_s"], ".0f" if (r["mb_s"] or 0) >= 100 else ".1f")) if r["passed"] else "**FAILED**"

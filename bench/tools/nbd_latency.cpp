@@ -54,6 +54,9 @@ void fill_block(std::uint64_t seed, std::uint64_t i, std::uint8_t* out) {
 nbd_handle* open_uri(const std::string& uri) {
   nbd_handle* h = nbd_create();
   if (h == nullptr) die("nbd_create");
+  // The bench's own URIs name its certificate directory (nbds://...?tls-certificates=DIR), which
+  // libnbd refuses unless local file access is allowed, as nbdcopy and nbdinfo allow it.
+  if (nbd_set_uri_allow_local_file(h, true) == -1) die("nbd_set_uri_allow_local_file");
   if (nbd_connect_uri(h, uri.c_str()) == -1) die(uri.c_str());
   return h;
 }
