@@ -4,8 +4,9 @@
 #   qemu-storage-daemon (source disk, blockdev-mirror)          qemu-storage-daemon (NBD server)
 #        | NBD over UNIX socket                                        ^ NBD over UNIX socket
 #        v                                                             |
-#   nbdtunnel source  ========= one TCP channel on loopback =======>  nbdtunnel dest
+#   nbdtunnel source  ===== one mutual-TLS channel on loopback ====>  nbdtunnel dest
 #
+# The certificates are made for the demo by scripts/make-certs.sh (a throw-away CA).
 # Builds nbdtunnel (Release, build-release/), makes a disk of random data (DEMO_SIZE_MIB,
 # default 1024), mirrors it through the tunnel, checks the copy with cmp and stops everything.
 # Works from any directory. Set DEMO_KEEP=1 to keep the temp dir and its logs.
@@ -100,11 +101,17 @@ for side in dst src; do
   wait_socket "$WORK/qmp-$side.sock"
 done
 
-say "starting nbdtunnel dest and source"
-start dest "$NBDTUNNEL" dest --listen 127.0.0.1:0 --target "nbd=$WORK/dst-nbd.sock"
+say "making a CA and certificates for the channel (scripts/make-certs.sh)"
+"$ROOT/scripts/make-certs.sh" "$WORK/pki" --key-type ec >"$WORK/make-certs.log" 2>&1 ||
+  { cat "$WORK/make-certs.log" >&2; die "making certificates failed"; }
+
+say "starting nbdtunnel dest and source (mutual TLS 1.3)"
+start dest "$NBDTUNNEL" dest --listen 127.0.0.1:0 --tls-dir "$WORK/pki" \
+  --target "nbd=$WORK/dst-nbd.sock"
 PORT="$(wait_for "$WORK/dest.log" 'listening on [^ ]*:[0-9]+' | sed 's/.*://')"
 echo "    dest listens on 127.0.0.1:$PORT, target nbd = $WORK/dst-nbd.sock"
-start source "$NBDTUNNEL" source --connect "127.0.0.1:$PORT" --forward "$WORK/tunnel.sock=nbd"
+start source "$NBDTUNNEL" source --connect "127.0.0.1:$PORT" --tls-dir "$WORK/pki" \
+  --forward "$WORK/tunnel.sock=nbd"
 wait_for "$WORK/source.log" 'channel connected to .*' >/dev/null
 echo "    source forwards $WORK/tunnel.sock over one channel to 127.0.0.1:$PORT"
 
@@ -192,4 +199,5 @@ cmp "$WORK/src.raw" "$WORK/dst.raw"
 echo "    identical (${SIZE_MIB} MiB)"
 streams=$(grep -c 'stream .* open' "$WORK/source.log" || true)
 echo "    the source tunnelled $streams NBD connection(s) over one channel"
+grep -o 'over tls1.3 [^)]*' "$WORK/dest.log" | head -1 | sed 's/^/    the channel ran /' || true
 say "done"
