@@ -233,11 +233,6 @@ Result<std::size_t> TlsSession::send_pending() {
 TlsTransport::TlsTransport(Ring& ring, std::unique_ptr<TlsSession> session)
     : ring_(ring), session_(std::move(session)) {
   staging_.reserve(kStagingSize);
-  // Traffic flows now: read ahead in large pieces (many records per recv) and keep the buffers
-  // instead of freeing and allocating them at every drained read, as a handshaking connection
-  // does to stay small.
-  SSL_clear_mode(session_->ssl(), SSL_MODE_RELEASE_BUFFERS);
-  SSL_set_default_read_buffer_len(session_->ssl(), kReadAhead);
 }
 
 TlsTransport::~TlsTransport() = default;

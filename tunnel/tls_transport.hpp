@@ -77,8 +77,6 @@ class TlsTransport final : public Transport {
   static constexpr std::size_t kMaxPendingCiphertext = 512u << 10;
   // Pieces smaller than this are gathered into one record; larger ones are encrypted in place.
   static constexpr std::size_t kStagingSize = 16u << 10;
-  // Ciphertext read from the socket per recv, at most (many TLS records).
-  static constexpr std::size_t kReadAhead = 256u << 10;
 
   TlsTransport(Ring& ring, std::unique_ptr<TlsSession> session);
   ~TlsTransport() override;
