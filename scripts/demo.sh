@@ -199,5 +199,5 @@ cmp "$WORK/src.raw" "$WORK/dst.raw"
 echo "    identical (${SIZE_MIB} MiB)"
 streams=$(grep -c 'stream .* open' "$WORK/source.log" || true)
 echo "    the source tunnelled $streams NBD connection(s) over one channel"
-grep -o 'over tls1.3 [^)]*' "$WORK/dest.log" | head -1 | sed 's/^/    the channel ran /' || true
+grep -o 'over tls1.3 [^)]*)' "$WORK/dest.log" | head -1 | sed 's/^/    the channel ran /' || true
 say "done"
