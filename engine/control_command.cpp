@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace nbdtunnel::engine {
 
 using nlohmann::json;
@@ -11,7 +13,40 @@ json control_error_reply(std::string_view cls, std::string_view desc) {
 }
 
 // (Not a coroutine: see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.)
+namespace {
+// How deeply arrays and objects nest in a JSON text (brackets inside strings do not count).
+// Serialising a value is recursive: a line of 64 KiB of '[' would exhaust the stack.
+std::size_t nesting(const std::string& text) {
+  std::size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+}  // namespace
+
 bool parse_control_command(const std::string& line, ControlCommand& command, json& error) {
+  if (nesting(line) > kMaxControlNesting) {
+    error = control_error_reply(
+        "GenericError", fmt::format("the line nests arrays and objects more than {} levels deep",
+                                    kMaxControlNesting));
+    return false;
+  }
   json j;
   try {
     j = json::parse(line);

@@ -17,6 +17,9 @@ struct ControlCommand {
   std::optional<nlohmann::json> id;  // echoed in the reply, even an error reply
 };
 
+// Arrays and objects nested deeper than this are refused before parsing.
+inline constexpr std::size_t kMaxControlNesting = 32;
+
 // Parses one line. On a line that is not a valid command returns false with `error` set to the
 // GenericError reply (without "id"); `command.id` is still set if the line is an object with one.
 // Never throws.

@@ -60,5 +60,22 @@ TEST(ControlCommand, IdIsKeptForTheErrorReply) {
   EXPECT_EQ(*c.id, "x");
 }
 
+// Found by fuzzing: an id nested thousands of levels deep overflowed the stack when the reply
+// echoing it was serialised. Nesting is bounded before parsing; brackets in strings are text.
+TEST(ControlCommand, DeepNestingIsRefused) {
+  ControlCommand c;
+  json error;
+  const std::string deep =
+      R"({"execute":"cancel","id":)" + std::string(10000, '[') + std::string(10000, ']') + "}";
+  EXPECT_FALSE(parse_control_command(deep, c, error));
+  EXPECT_NE(error["error"]["desc"].get<std::string>().find("levels deep"), std::string::npos);
+  ControlCommand ok;
+  const std::string brackets = R"({"execute":"cancel","id":")" + std::string(100, '[') + R"("})";
+  EXPECT_TRUE(parse_control_command(brackets, ok, error));
+  ControlCommand nested;
+  const std::string fine = R"({"execute":"cancel","arguments":{"a":[[[1]]]}})";
+  EXPECT_TRUE(parse_control_command(fine, nested, error));
+}
+
 }  // namespace
 }  // namespace nbdtunnel::engine

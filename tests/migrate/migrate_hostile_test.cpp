@@ -293,8 +293,14 @@ TEST_P(MigrateFlood, DuringAMigrationLeavesItIntactAndCostsNothingAfter) {
                "%s refused\n",
                fds_before, rss_before, fds_after, rss_after, refusals.load(),
                tls ? "certificate-less TLS handshakes" : "OPEN_TUNNEL calls");
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan keeps freed memory in its quarantine (and so in RSS): only the plain build can say
+  // whether memory goes back to the system.
+  (void)rss_after;
+#else
   EXPECT_LE(rss_after, rss_before + 8 * 1024)
       << "RSS " << rss_before << " KiB before, " << rss_after << " KiB after";
+#endif
   EXPECT_TRUE(has_no_export(dst.qmp()));
 }
 
