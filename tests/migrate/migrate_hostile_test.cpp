@@ -266,10 +266,16 @@ TEST_P(MigrateFlood, DuringAMigrationLeavesItIntactAndCostsNothingAfter) {
     }
   });
 
+  // 96 MiB at 32 MiB/s: the flood has seconds of a running migration to hit, even though its
+  // connections wait out SYN retransmits while the accept queue overflows.
   std::vector<std::string> extra = migrate_tls;
-  extra.push_back("--json");
+  for (const char* a : {"--json", "--bandwidth", "32"}) extra.emplace_back(a);
   auto result = run_migrate(dir, "migrate", migrate_args(src, dest.port, {"disk0", "disk1"}, extra),
                             Seconds(120));
+  // On a loaded machine the opener may not have been answered yet: give it until it has been.
+  for (int i = 0; i < 300 && refusals == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   stop = true;
   garbage.join();
   opener.join();
