@@ -61,6 +61,9 @@ void DestMigrations::on_call(tunnel::Channel& channel, const tunnel::PacketHeade
     case MigrationProc::finish:
       spawn(finish(channel.liveness(), &channel, call, std::move(copy)));
       return;
+    case MigrationProc::libvirt_prepare:
+    case MigrationProc::libvirt_finish:
+      break;  // DestLibvirt's
   }
   // The channel forwards every call it does not serve itself: what is not ours is unknown.
   channel.reply_error(call, tunnel::ErrorCode::unsupported,

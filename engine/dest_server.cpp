@@ -11,7 +11,8 @@ DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOpti
     : io_(io),
       ring_(ring),
       options_(std::move(options)),
-      migrations_(io, options_.qmp_path, options_.run_dir) {
+      migrations_(io, options_.qmp_path, options_.run_dir),
+      libvirt_(options_.libvirt) {
   if (!options_.admission) options_.admission = std::make_shared<Admission>(AdmissionLimits{});
 }
 
@@ -33,12 +34,17 @@ bool DestServer::start(std::string& error) {
   if (!options_.qmp_path.empty()) {
     spdlog::info("preparing migrations through QMP {}", options_.qmp_path);
   }
+  if (options_.libvirt.enabled) {
+    spdlog::info("libvirt role: libvirt at {}, run directories in {}",
+                 options_.libvirt.libvirt_socket, options_.libvirt.run_dir);
+  }
   return true;
 }
 
 tunnel::Result<std::string> DestServer::resolve_target(const tunnel::Channel& channel,
                                                        const std::string& name) const {
   if (auto prepared = migrations_.resolve(channel, name)) return *prepared;
+  if (auto prepared = libvirt_.resolve(channel, name)) return *prepared;
   auto it = options_.targets.find(name);
   // Which targets exist is not for a peer that asks for a wrong one to learn.
   if (it == options_.targets.end())
@@ -129,12 +135,17 @@ void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
   events.on_closed = [this, peer](tunnel::Channel& ch, const std::string& reason) {
     spdlog::info("channel from {} closed: {}", peer, reason);
     migrations_.channel_closed(ch);
+    libvirt_.channel_closed(ch);
     channels_.erase(&ch);  // on_closed runs from a posted handler: destroying the channel is safe
     maybe_stopped();
   };
   events.on_call = [this](tunnel::Channel& ch, const tunnel::PacketHeader& call,
                           std::span<const std::uint8_t> body) {
-    migrations_.on_call(ch, call, body);
+    if (DestLibvirt::serves(call.procedure)) {
+      libvirt_.on_call(ch, call, body);
+    } else {
+      migrations_.on_call(ch, call, body);
+    }
   };
   auto channel = std::make_unique<tunnel::Channel>(io_, ring_, std::move(transport),
                                                    tunnel::Channel::Role::responder, peer,
@@ -162,6 +173,7 @@ void DestServer::maybe_stopped() {
   // Channels are gone; remove whatever migrations they left prepared, then report.
   auto done = std::move(on_stopped_);
   on_stopped_ = nullptr;
+  libvirt_.shutdown();
   migrations_.shutdown(std::move(done));
 }
 

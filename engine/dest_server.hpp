@@ -9,6 +9,7 @@
 #include <string>
 
 #include "engine/admission.hpp"
+#include "engine/dest_libvirt.hpp"
 #include "engine/dest_migrations.hpp"
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
@@ -28,6 +29,7 @@ struct DestOptions {
   tunnel::ChannelConfig channel;               // its stream_budget is the daemon's stream limit
   std::shared_ptr<Admission> admission;        // the daemon's connection limits (all threads)
   std::shared_ptr<tunnel::TlsContext> tls;     // none: plain channels
+  DestLibvirtOptions libvirt;                  // the libvirt role (`--libvirt`)
 };
 
 class DestServer {
@@ -67,6 +69,7 @@ class DestServer {
   std::chrono::steady_clock::time_point last_refusal_log_{};
   std::size_t refusals_unlogged_ = 0;
   DestMigrations migrations_;
+  DestLibvirt libvirt_;
   std::function<void()> on_stopped_;
   bool stopping_ = false;
 };

@@ -23,7 +23,9 @@
 #include "engine/channel_security.hpp"
 #include "engine/cli_values.hpp"
 #include "engine/dest_server.hpp"
+#include "engine/domain_xml.hpp"
 #include "engine/host_identity.hpp"
+#include "engine/libvirt_migration.hpp"
 #include "engine/migration.hpp"
 #include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
@@ -236,6 +238,9 @@ struct DestArgs {
   std::size_t max_channel_streams = 256;
   double idle_timeout = 600;
   engine::TlsArgs tls;
+  bool libvirt = false;
+  std::string libvirt_socket;
+  std::string qemu_user;
 };
 
 // Descriptors each open stream may hold: its local socket and, in splice mode, two pipes.
@@ -263,6 +268,12 @@ std::size_t default_max_streams(std::size_t fd_limit, std::size_t max_channels) 
   return std::min<std::size_t>(4096, (fd_limit - reserved) / kFdsPerStream);
 }
 
+// The owner of run directories: the named user, or libvirt's QEMU user by default.
+std::optional<engine::FileOwner> qemu_owner(const std::string& user) {
+  if (user.empty()) return engine::default_qemu_owner();
+  return engine::lookup_user(user);
+}
+
 CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
   CLI::App* dest = app.add_subcommand(
       "dest",
@@ -277,8 +288,21 @@ CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
                    "QMP socket of the destination QEMU: lets `nbdtunnel migrate` prepare its "
                    "disks (NBD server and exports are created per migration and removed after)");
   dest->add_option("--run-dir", a.run_dir,
-                   "directory for the NBD sockets of prepared migrations (default: a private "
+                   "directory for the sockets of prepared migrations; with --libvirt the "
+                   "rendezvous directory, the same on both hosts, where each migration gets "
+                   "RUN_DIR/<id>/ (default: /run/nbdtunnel with --libvirt, else a private "
                    "temporary directory)");
+  dest->add_flag("--libvirt", a.libvirt,
+                 "serve `nbdtunnel migrate --domain`: streams reach this host's libvirt daemon "
+                 "and the sockets the destination QEMU creates in RUN_DIR/<id>/. Needs TLS "
+                 "(a non-loopback --listen never runs it plain; loopback only with --insecure)");
+  dest->add_option("--libvirt-socket", a.libvirt_socket,
+                   "the libvirt daemon's socket (default: what qemu:///system uses here, "
+                   "/run/libvirt/virtqemud-sock if the modular daemon runs, else "
+                   "/run/libvirt/libvirt-sock)");
+  dest->add_option("--qemu-user", a.qemu_user,
+                   "the user QEMU runs as, who must create its sockets in RUN_DIR/<id>/ "
+                   "(default: libvirt-qemu where it exists and this runs as root)");
   dest->add_option("--max-channels", a.limits.max_channels,
                    "channels open at once, authenticated or not; more are closed on accept")
       ->check(CLI::Range(std::size_t{1}, std::size_t{100000}))
@@ -328,8 +352,8 @@ int run_dest(DestArgs a) {
       return usage_error("--target '" + kv->first + "' is given twice");
     }
   }
-  if (o.targets.empty() && a.qmp.empty()) {
-    return usage_error("dest needs at least one --target NAME=PATH, or --qmp PATH");
+  if (o.targets.empty() && a.qmp.empty() && !a.libvirt) {
+    return usage_error("dest needs at least one --target NAME=PATH, --qmp PATH or --libvirt");
   }
   o.channel = channel_config(a.common);
   o.channel.max_streams = a.max_channel_streams;
@@ -353,6 +377,28 @@ int run_dest(DestArgs a) {
       "channel), {} descriptors",
       a.limits.max_channels, a.limits.max_handshakes, a.limits.max_handshakes_per_address,
       max_streams, a.max_channel_streams, fd_limit);
+  if (a.libvirt) {
+    if (!o.tls && !a.tls.insecure) {
+      return usage_error(
+          "--libvirt hands the destination's libvirt daemon (root on this host) to every "
+          "channel: it needs TLS (--tls-dir); on a loopback --listen, --insecure allows plain "
+          "channels for local use");
+    }
+    if (!o.tls && !tunnel::is_loopback(o.listen.host)) {
+      return usage_error(
+          "--libvirt on a non-loopback --listen needs TLS (--tls-dir); "
+          "--insecure is not enough");
+    }
+    o.libvirt.enabled = true;
+    o.libvirt.libvirt_socket =
+        a.libvirt_socket.empty() ? engine::default_libvirt_socket() : a.libvirt_socket;
+    o.libvirt.run_dir = a.run_dir.empty() ? engine::kDefaultRunDir : a.run_dir;
+    auto owner = qemu_owner(a.qemu_user);
+    if (!owner) return usage_error("--qemu-user: no user '" + a.qemu_user + "' on this host");
+    o.libvirt.owner = *owner;
+  } else if (!a.libvirt_socket.empty() || !a.qemu_user.empty()) {
+    return usage_error("--libvirt-socket and --qemu-user apply only with --libvirt");
+  }
   engine::PrivateDir private_dir;
   if (!a.qmp.empty() && a.run_dir.empty()) {
     if (!private_dir.create("nbdtunnel-dest", error)) {
@@ -435,6 +481,11 @@ struct MigrateArgs {
   std::vector<std::string> disks;
   double connect_timeout = 10;
   engine::TlsArgs tls;
+  // libvirt mode (--domain)
+  engine::LibvirtMigrateOptions lv;
+  std::string migrate_disks;
+  std::string xml_file;
+  std::string qemu_user;
 };
 
 CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
@@ -442,18 +493,56 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
   engine::MigrateOptions& mo = a.options;
   CLI::App* migrate = app.add_subcommand(
       "migrate",
-      "Run a whole non-shared-disk storage migration: check both sides, have the destination "
-      "daemon (started with --qmp) export its disks, mirror every disk through one channel, then "
-      "complete (or stay in sync), and leave both hosts clean whatever happens.\n"
+      "Run a whole non-shared-disk migration through one channel and leave both hosts clean "
+      "whatever happens. QMP mode (--source-qmp): check both sides, have the destination daemon "
+      "(started with --qmp) export its disks, mirror every disk, then complete (or stay in "
+      "sync). libvirt mode (--domain): check both hosts, then have libvirt migrate the running "
+      "domain live, memory and disks, with the destination daemon started with --libvirt.\n"
       "Exit codes: 0 done, 1 migration failed, 2 bad usage or input, 3 checks failed, "
       "130 cancelled.");
-  migrate->add_option("--source-qmp", mo.source_qmp, "QMP socket of the source QEMU")->required();
-  migrate->add_option("--dest", a.dest, "HOST:PORT of `nbdtunnel dest --qmp ...`")->required();
-  migrate
-      ->add_option("--disk", a.disks,
-                   "NODE[=DESTNODE]: mirror the source node NODE into the destination node "
-                   "DESTNODE (default: the same name); repeat for each disk")
+  CLI::Option* qmp = migrate->add_option(
+      "--source-qmp", mo.source_qmp,
+      "QMP mode: the QMP socket of the source QEMU (the destination runs `nbdtunnel dest --qmp`)");
+  CLI::Option* domain = migrate->add_option(
+      "--domain", a.lv.domain,
+      "libvirt mode: the running libvirt domain to migrate live, memory and non-shared disks, "
+      "through one channel (the destination runs `nbdtunnel dest --libvirt`)");
+  qmp->excludes(domain);
+  migrate->add_option("--dest", a.dest, "HOST:PORT of the destination `nbdtunnel dest`")
       ->required();
+  migrate->add_option("--disk", a.disks,
+                      "QMP mode: NODE[=DESTNODE]: mirror the source node NODE into the "
+                      "destination node DESTNODE (default: the same name); repeat for each disk");
+  migrate->add_option("--connect", a.lv.connect_uri, "libvirt mode: the source libvirt URI")
+      ->capture_default_str();
+  migrate->add_flag("--p2p", a.lv.p2p,
+                    "libvirt mode: peer-to-peer, the source libvirtd talks to the destination's "
+                    "(through the channel) instead of this program driving both");
+  migrate
+      ->add_option("--run-dir", a.lv.run_dir,
+                   "libvirt mode: where each migration's sockets go, RUN_DIR/<id>/; the same "
+                   "path as the destination's `--run-dir`")
+      ->capture_default_str();
+  migrate->add_option("--migrate-disks", a.migrate_disks,
+                      "libvirt mode: the disks to copy, by target (vda,vdb); default: every "
+                      "writable file or block disk");
+  migrate
+      ->add_option("--parallel", a.lv.parallel,
+                   "libvirt mode: memory over N parallel (multifd) connections")
+      ->check(CLI::Range(1u, 255u));
+  migrate->add_flag("--persistent", a.lv.persistent,
+                    "libvirt mode: define the domain persistently on the destination");
+  migrate->add_flag("--undefine-source", a.lv.undefine_source,
+                    "libvirt mode: undefine the domain on the source once migrated");
+  migrate->add_flag("--compressed", a.lv.compressed, "libvirt mode: compress the memory stream");
+  migrate->add_option("--xml", a.xml_file,
+                      "libvirt mode: the destination's domain XML (e.g. other disk paths; "
+                      "libvirt checks it keeps the guest ABI)");
+  migrate->add_option("--dname", a.lv.dname, "libvirt mode: the domain's name on the destination");
+  migrate->add_option("--qemu-user", a.qemu_user,
+                      "libvirt mode: the user the source QEMU runs as, who must reach the "
+                      "sockets in RUN_DIR/<id>/ (default: libvirt-qemu where it exists and this "
+                      "runs as root)");
   migrate
       ->add_option("--bandwidth", mo.bandwidth_mib,
                    "limit in MiB/s for all disks together (0 = unlimited); changeable live "
@@ -464,8 +553,8 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
                     "the destination");
   migrate
       ->add_option("--finish", a.finish,
-                   "complete: when every disk is in sync, complete the copies and finish; "
-                   "sync: stay in sync (for a memory migration) until `finish` or `cancel` "
+                   "QMP mode: complete: when every disk is in sync, complete the copies and "
+                   "finish; sync: stay in sync (for a memory migration) until `finish` or `cancel` "
                    "arrives on the control socket")
       ->check(CLI::IsMember({"complete", "sync"}))
       ->capture_default_str();
@@ -476,7 +565,7 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
   migrate->add_flag("--force", mo.force, "go ahead when checks give only warnings");
   migrate->add_option("--control-socket", mo.control_socket,
                       "UNIX socket speaking QMP-style JSON lines: query-migration, "
-                      "set-bandwidth {\"mib-per-sec\": N}, cancel, finish");
+                      "set-bandwidth {\"mib-per-sec\": N}, cancel, finish (QMP mode)");
   migrate->add_option("--id", mo.migration_id, "migration id (default: generated)");
   migrate
       ->add_option("--connect-timeout", a.connect_timeout,
@@ -488,9 +577,16 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
   return migrate;
 }
 
+int run_libvirt_migrate(MigrateArgs a);
+
 // Checks the migrate options, then runs the migration to its end; returns its exit code.
 int run_migrate(MigrateArgs a) {
   engine::MigrateOptions& mo = a.options;
+  if (mo.source_qmp.empty() && a.lv.domain.empty()) {
+    return usage_error("migrate needs --source-qmp (QMP mode) or --domain (libvirt mode)");
+  }
+  if (!a.lv.domain.empty()) return run_libvirt_migrate(std::move(a));
+  if (a.disks.empty()) return usage_error("--source-qmp needs at least one --disk NODE");
   auto ep = tunnel::parse_endpoint(a.dest);
   if (!ep) return usage_error("--dest: " + ep.error().message);
   mo.dest = *ep;
@@ -528,6 +624,75 @@ int run_migrate(MigrateArgs a) {
   }
   mo.tls = *tls;
   return engine::run_migration(std::move(mo));
+}
+
+// `migrate --domain`: the libvirt mode's checks of its options, then the migration.
+int run_libvirt_migrate(MigrateArgs a) {
+  engine::MigrateOptions& mo = a.options;
+  engine::LibvirtMigrateOptions& lv = a.lv;
+  if (!a.disks.empty()) {
+    return usage_error(
+        "--disk is for --source-qmp; with --domain name disks by target in "
+        "--migrate-disks vda,vdb");
+  }
+  if (a.finish != "complete") return usage_error("--finish sync is for --source-qmp only");
+  auto ep = tunnel::parse_endpoint(a.dest);
+  if (!ep) return usage_error("--dest: " + ep.error().message);
+  lv.link.dest = *ep;
+  std::string error;
+  for (std::size_t start = 0; start < a.migrate_disks.size();) {
+    const std::size_t comma = std::min(a.migrate_disks.find(',', start), a.migrate_disks.size());
+    const std::string target = a.migrate_disks.substr(start, comma - start);
+    if (target.empty() || target.size() > 64 ||
+        target.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789") != std::string::npos) {
+      return usage_error("--migrate-disks: '" + target + "' is not a disk target like vda");
+    }
+    lv.migrate_disks.push_back(target);
+    start = comma + 1;
+  }
+  if (!a.xml_file.empty()) {
+    std::FILE* f = std::fopen(a.xml_file.c_str(), "rb");
+    if (f == nullptr) return usage_error("--xml: cannot read " + a.xml_file);
+    char buf[65536];
+    std::size_t n = 0;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0 &&
+           lv.dest_xml.size() <= engine::kMaxLibvirtXml) {
+      lv.dest_xml.append(buf, n);
+    }
+    std::fclose(f);
+    if (lv.dest_xml.size() > engine::kMaxLibvirtXml) {
+      return usage_error("--xml: the file is larger than 4 MiB");
+    }
+    if (auto disks = engine::parse_domain_disks(lv.dest_xml); !disks) {
+      return usage_error("--xml " + a.xml_file + ": " + disks.error().message);
+    }
+  }
+  if (!mo.migration_id.empty() && !engine::valid_migration_id(mo.migration_id)) {
+    return usage_error(
+        fmt::format("--id '{}': use 1 to {} letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit",
+                    mo.migration_id, engine::kMaxMigrationIdLen));
+  }
+  auto owner = qemu_owner(a.qemu_user);
+  if (!owner) return usage_error("--qemu-user: no user '" + a.qemu_user + "' on this host");
+  lv.owner = *owner;
+  lv.migration_id = mo.migration_id;
+  lv.bandwidth_mib = mo.bandwidth_mib;
+  lv.shallow = mo.shallow;
+  lv.json = mo.json;
+  lv.check_only = mo.check_only;
+  lv.force = mo.force;
+  lv.control_socket = mo.control_socket;
+  lv.link.connect_timeout = std::chrono::milliseconds(static_cast<long>(a.connect_timeout * 1000));
+  lv.link.channel = channel_config(a.common);
+  setup_logging(a.common.log_level);
+  auto tls = setup_tls(a.tls, engine::TlsSide::source, lv.link.dest.host, lv.link.tls_verify_host);
+  if (!tls) {
+    std::fprintf(stderr, "nbdtunnel: %s\n", tls.error().message.c_str());
+    return tls.error().code == std::errc::invalid_argument ? kExitUsage : kExitFailed;
+  }
+  lv.link.tls = *tls;
+  return engine::run_libvirt_migration(std::move(lv));
 }
 
 }  // namespace

@@ -8,9 +8,6 @@
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/connect.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -19,6 +16,7 @@
 #include <set>
 
 #include "engine/control_server.hpp"
+#include "engine/dest_link.hpp"
 #include "engine/host_identity.hpp"
 #include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
@@ -27,8 +25,6 @@
 #include "qmp/qmp_client.hpp"
 #include "qmp/qmp_error.hpp"
 #include "tunnel/ring.hpp"
-#include "tunnel/socket_transport.hpp"
-#include "tunnel/tls_handshake.hpp"
 #include "tunnel/unix_socket.hpp"
 
 namespace nbdtunnel::engine {
@@ -48,12 +44,6 @@ struct Failure : std::runtime_error {
   int code;
   std::string phase;
   std::string disk;
-};
-
-struct CallResult {
-  bool ok = false;
-  std::vector<std::uint8_t> body;
-  std::string error;
 };
 
 // One source disk being copied: the nodes and job this run adds to the source QEMU, what of
@@ -112,14 +102,13 @@ class MigrationRun {
   }
   // Tears down what is left if run() could not (e.g. its coroutine was interrupted).
   void close_channel() {
-    if (channel_ && !channel_->closing()) channel_->close("migration over");
+    if (link_) link_->close("migration over");
   }
-  bool channel_done() const { return !channel_ || channel_closed_; }
+  bool channel_done() const { return !link_ || link_->done(); }
 
  private:
   awaitable<void> connect_source();
   awaitable<void> connect_dest();
-  awaitable<std::unique_ptr<tunnel::Transport>> tls_handshake(tunnel::unique_fd fd);
   awaitable<bool> run_checks();
   awaitable<void> prepare();
   void open_tunnel_socket();
@@ -163,10 +152,7 @@ class MigrationRun {
   double bandwidth_mib_ = 0;
 
   std::unique_ptr<qmp::QmpClient> src_;
-  std::unique_ptr<tunnel::Channel> channel_;
-  bool channel_ready_ = false;
-  bool channel_closed_ = false;
-  std::string channel_close_reason_;
+  std::unique_ptr<DestLink> link_;
   std::string dest_target_;
   bool prepared_ = false;
   PrivateDir tunnel_dir_;
@@ -228,41 +214,16 @@ void MigrationRun::check_failures(const std::string& phase) {
                     fmt::format("mirror of '{}' ended unexpectedly", d.spec.node));
     }
   }
-  if (channel_closed_) {
+  if (link_ && link_->closed()) {
     throw Failure(
         kMigrateFailed, phase, "",
-        fmt::format("channel to {} lost: {}", o_.dest.to_string(), channel_close_reason_));
+        fmt::format("channel to {} lost: {}", o_.dest.to_string(), link_->close_reason()));
   }
 }
 
 awaitable<CallResult> MigrationRun::call(MigrationProc proc, std::vector<std::uint8_t> body,
                                          std::chrono::milliseconds timeout) {
-  CallResult out;
-  if (!channel_ || channel_closed_) {
-    out.error = "the channel is closed";
-    co_return out;
-  }
-  auto result = std::make_shared<std::optional<CallResult>>();
-  auto timer = std::make_shared<asio::steady_timer>(io_, timeout);
-  channel_->call(procedure_number(proc), body,
-                 [result, timer](const tunnel::PacketHeader& h, std::span<const std::uint8_t> b) {
-                   CallResult r;
-                   r.ok = h.status == static_cast<std::uint32_t>(tunnel::PacketStatus::ok);
-                   if (r.ok) {
-                     r.body.assign(b.begin(), b.end());
-                   } else {
-                     tunnel::Result<tunnel::RemoteError> e = tunnel::decode_remote_error(b);
-                     r.error = e ? e->message.value_or("no message") : e.error().message;
-                   }
-                   *result = std::move(r);
-                   timer->cancel();
-                 });
-  co_await timer->async_wait(asio::as_tuple(use_awaitable));
-  if (!*result) {
-    out.error = fmt::format("no reply within {} s", timeout.count() / 1000);
-    co_return out;
-  }
-  co_return std::move(**result);
+  co_return co_await link_->call(procedure_number(proc), std::move(body), timeout);
 }
 
 awaitable<void> MigrationRun::connect_source() {
@@ -277,80 +238,18 @@ awaitable<void> MigrationRun::connect_source() {
 }
 
 awaitable<void> MigrationRun::connect_dest() {
-  using namespace asio::experimental::awaitable_operators;
-  const std::string where = o_.dest.to_string();
-  asio::ip::tcp::resolver resolver(io_);
-  const std::string port = std::to_string(o_.dest.port);  // a named local: see raw_view_args
-  auto [rec, results] =
-      co_await resolver.async_resolve(o_.dest.host, port, asio::as_tuple(use_awaitable));
-  if (rec) {
-    throw Failure(kMigrateUsage, "connect", "",
-                  fmt::format("destination {}: cannot resolve: {}", where, rec.message()));
+  DestLinkOptions lo;
+  lo.dest = o_.dest;
+  lo.connect_timeout = o_.connect_timeout;
+  lo.channel = o_.channel;
+  lo.tls = o_.tls;
+  lo.tls_verify_host = o_.tls_verify_host;
+  link_ = std::make_unique<DestLink>(io_, ring_, std::move(lo), [this] { wake(); });
+  try {
+    co_await link_->connect();
+  } catch (const DestUnreachable& e) {
+    throw Failure(kMigrateUsage, "connect", "", e.what());
   }
-  asio::ip::tcp::socket sock(io_);
-  asio::steady_timer timer(io_, o_.connect_timeout);
-  auto r = co_await (asio::async_connect(sock, results, asio::as_tuple(use_awaitable)) ||
-                     timer.async_wait(asio::as_tuple(use_awaitable)));
-  if (r.index() == 1) {
-    throw Failure(kMigrateUsage, "connect", "",
-                  fmt::format("destination {} unreachable: no answer within {} s", where,
-                              o_.connect_timeout.count() / 1000));
-  }
-  auto [cec, ep] = std::get<0>(r);
-  if (cec) {
-    throw Failure(kMigrateUsage, "connect", "",
-                  fmt::format("destination {} unreachable: {}", where, cec.message()));
-  }
-  std::unique_ptr<tunnel::Transport> transport;
-  tunnel::unique_fd connected(sock.release());
-  if (o_.tls) {
-    transport = co_await tls_handshake(std::move(connected));  // see "Coroutines under GCC 12"
-  } else {
-    transport = std::make_unique<tunnel::SocketTransport>(ring_, std::move(connected));
-  }
-  tunnel::ChannelEvents events;
-  events.on_ready = [this](const tunnel::Hello&) {
-    channel_ready_ = true;
-    wake();
-  };
-  events.on_closed = [this](tunnel::Channel&, const std::string& reason) {
-    channel_closed_ = true;
-    channel_close_reason_ = reason;
-    wake();
-  };
-  channel_ = std::make_unique<tunnel::Channel>(io_, ring_, std::move(transport),
-                                               tunnel::Channel::Role::initiator, where, o_.channel,
-                                               std::move(events));
-  channel_->start();
-  const auto deadline = std::chrono::steady_clock::now() + o_.channel.handshake_timeout;
-  while (!channel_ready_ && !channel_closed_ && std::chrono::steady_clock::now() < deadline) {
-    co_await nap(100ms);
-  }
-  if (!channel_ready_) {
-    throw Failure(kMigrateUsage, "connect", "",
-                  fmt::format("destination {} is not an nbdtunnel dest: {}", where,
-                              channel_closed_ ? channel_close_reason_ : "no HELLO reply"));
-  }
-}
-
-// The TLS handshake on the connected socket: the transport, or a Failure naming the cause.
-awaitable<std::unique_ptr<tunnel::Transport>> MigrationRun::tls_handshake(tunnel::unique_fd fd) {
-  std::optional<tunnel::Result<std::unique_ptr<tunnel::Transport>>> outcome;
-  tunnel::TlsHandshake handshake(
-      io_, ring_, std::move(fd), o_.tls, o_.tls_verify_host, o_.channel.handshake_timeout,
-      [this, &outcome](tunnel::Result<std::unique_ptr<tunnel::Transport>> r) {
-        outcome = std::move(r);
-        wake();
-      });
-  handshake.start();
-  // Not interrupted by a cancel: the handshake is bounded by its own timeout.
-  while (!outcome) co_await nap(20ms);
-  if (!*outcome) {
-    throw Failure(
-        kMigrateUsage, "connect", "",
-        fmt::format("destination {}: TLS: {}", o_.dest.to_string(), outcome->error().message));
-  }
-  co_return std::move(**outcome);
 }
 
 awaitable<bool> MigrationRun::run_checks() {
@@ -360,7 +259,7 @@ awaitable<bool> MigrationRun::run_checks() {
   in.destination = o_.dest.to_string();
   in.source_host_id = o_.channel.host_id;
   in.source_qemu_version = src_->qemu_version();
-  in.dest_hello = channel_->peer_hello();
+  in.dest_hello = link_->channel()->peer_hello();
   try {
     in.source_nodes = co_await qmp::query_named_block_nodes(*src_);
     in.source_jobs = co_await qmp::query_block_jobs(*src_);
@@ -440,8 +339,8 @@ void MigrationRun::open_tunnel_socket() {
   acceptor_ = std::make_unique<tunnel::Acceptor>(
       ring_, std::move(*fd), [this](tunnel::Result<tunnel::unique_fd> c) {
         if (!c) return;
-        if (!channel_ || !channel_->ready() || cancel_requested_) return;  // closes *c
-        channel_->open_stream(std::move(*c), dest_target_, tunnel_socket_);
+        if (!link_->ready() || cancel_requested_) return;  // closes *c
+        link_->channel()->open_stream(std::move(*c), dest_target_, tunnel_socket_);
       });
   acceptor_->start();
 }
@@ -592,7 +491,7 @@ awaitable<void> MigrationRun::detach(std::string node, bool& added) {
 // Leaves both hosts clean: tunnel sockets first, then the jobs, the nodes, the exports.
 awaitable<void> MigrationRun::cleanup() {
   if (acceptor_) acceptor_->stop();
-  if (channel_ && !channel_closed_) channel_->abort_streams("migration cancelled");
+  if (link_ && link_->ready()) link_->channel()->abort_streams("migration cancelled");
   if (src_ && src_->is_connected()) {
     for (DiskCopy& d : disks_) {
       if (!d.job_started || d.job_ended) continue;
@@ -613,7 +512,7 @@ awaitable<void> MigrationRun::cleanup() {
       co_await detach(d.nbd_node, d.nbd_added);
     }
   }
-  if (prepared_ && channel_ && !channel_closed_) {
+  if (prepared_ && link_ && link_->ready()) {
     std::vector<std::uint8_t> body;
     encode_finish(body, Finish{o_.migration_id, kFinishAbort});
     CallResult r = co_await call(MigrationProc::finish, std::move(body), 30s);
@@ -736,13 +635,13 @@ awaitable<int> MigrationRun::run() {
   co_return code;
 }
 
+}  // namespace
+
 std::string new_migration_id() {
   return fmt::format("{:x}{:x}", static_cast<unsigned>(::getpid()),
                      static_cast<unsigned>(
                          std::chrono::steady_clock::now().time_since_epoch().count() & 0xffffff));
 }
-
-}  // namespace
 
 int run_migration(MigrateOptions options) {
   asio::io_context io;

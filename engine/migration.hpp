@@ -42,6 +42,9 @@ inline constexpr int kMigrateUsage = 2;
 inline constexpr int kMigrateChecksFailed = 3;
 inline constexpr int kMigrateCancelled = 130;
 
+// A fresh migration id: valid_migration_id() holds for it.
+std::string new_migration_id();
+
 // Runs the migration in the calling thread; returns the exit code.
 int run_migration(MigrateOptions options);
 

@@ -20,6 +20,10 @@ namespace nbdtunnel::engine {
 enum class MigrationProc : std::uint32_t {
   prepare = 4,  // CALL: check (and export) destination disks for a migration.
   finish = 5,   // CALL: remove what PREPARE created (flag: abort).
+  // The libvirt role (`dest --libvirt`): the same bodies, but disks are image paths and PREPARE
+  // creates the migration's run directory instead of exports.
+  libvirt_prepare = 6,
+  libvirt_finish = 7,
 };
 // The procedure number as tunnel::Channel::call and PacketHeader carry it.
 constexpr std::uint32_t procedure_number(MigrationProc p) {

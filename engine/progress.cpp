@@ -120,8 +120,8 @@ const char* label(CheckResult::Verdict verdict) {
 // Human output. On a TTY the bars stay at the bottom and other lines scroll above them.
 class TerminalReporter final : public ProgressReporter {
  public:
-  TerminalReporter(std::FILE* out, bool tty, Clock clock)
-      : out_(out), tty_(tty), clock_(std::move(clock)) {}
+  TerminalReporter(std::FILE* out, std::FILE* err, bool tty, Clock clock)
+      : out_(out), err_(err), tty_(tty), clock_(std::move(clock)) {}
 
   void phase(std::string_view name) override { line(fmt::format("phase: {}", name)); }
 
@@ -168,7 +168,15 @@ class TerminalReporter final : public ProgressReporter {
     std::string text = "error: ";
     if (!phase.empty()) text += fmt::format("{}: ", phase);
     if (!disk.empty()) text += fmt::format("{}: ", disk);
-    line(text + std::string(message));
+    text += message;
+    // On stderr; on a TTY the bars (on stdout) are taken down first and drawn again after.
+    const bool redraw = tty_ && drawn_ > 0;
+    erase_bars();
+    std::fflush(out_);
+    std::fprintf(err_, "%s\n", text.c_str());
+    std::fflush(err_);
+    if (redraw) draw_bars();
+    std::fflush(out_);
   }
 
   void summary(std::string_view result, std::uint64_t bytes, double seconds) override {
@@ -244,6 +252,7 @@ class TerminalReporter final : public ProgressReporter {
   }
 
   std::FILE* out_;
+  std::FILE* err_;
   bool tty_;
   Clock clock_;
   std::vector<DiskProgress> disks_;  // the latest state reported
@@ -254,10 +263,10 @@ class TerminalReporter final : public ProgressReporter {
 }  // namespace
 
 std::unique_ptr<ProgressReporter> ProgressReporter::make(bool json, std::FILE* out, bool out_is_tty,
-                                                         Clock clock) {
+                                                         Clock clock, std::FILE* err) {
   if (!clock) clock = [] { return std::chrono::steady_clock::now(); };
   if (json) return std::make_unique<JsonReporter>(out, std::move(clock));
-  return std::make_unique<TerminalReporter>(out, out_is_tty, std::move(clock));
+  return std::make_unique<TerminalReporter>(out, err, out_is_tty, std::move(clock));
 }
 
 const char* to_string(CheckResult::Verdict verdict) {

@@ -41,10 +41,10 @@ class ProgressReporter {
   virtual ~ProgressReporter() = default;
 
   // json: one JSON object per line on `out` and nothing else on it. Otherwise human output: bars
-  // redrawn in place when `out_is_tty`, else plain lines at most every kPlainInterval.
-  // `clock` defaults to std::chrono::steady_clock::now (tests inject their own).
+  // redrawn in place when `out_is_tty`, else plain lines at most every kPlainInterval; errors
+  // go to `err`. `clock` defaults to std::chrono::steady_clock::now (tests inject their own).
   static std::unique_ptr<ProgressReporter> make(bool json, std::FILE* out, bool out_is_tty,
-                                                Clock clock = {});
+                                                Clock clock = {}, std::FILE* err = stderr);
 
   // "checks", "prepare", "mirror", "ready", "completing", "finishing", "cancelling", "done".
   virtual void phase(std::string_view name) = 0;

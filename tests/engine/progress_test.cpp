@@ -172,9 +172,9 @@ TEST(TerminalProgress, ChecksAreAnAlignedTable) {
 }
 
 TEST(TerminalProgress, PlainLinesUseHumanUnitsAndComeEveryFewSeconds) {
-  MemFile out;
+  MemFile out, err;
   FakeClock clock;
-  auto r = ProgressReporter::make(false, out.get(), false, clock.fn());
+  auto r = ProgressReporter::make(false, out.get(), false, clock.fn(), err.get());
   const auto vda = disk("vda", 512 * kMiB, 1229 * kMiB);
   r->progress({vda});
   clock.now += 1s;
@@ -188,12 +188,15 @@ TEST(TerminalProgress, PlainLinesUseHumanUnitsAndComeEveryFewSeconds) {
   const auto text = out.text();
   EXPECT_EQ(text.find('\x1b'), std::string::npos) << "no escape sequences when not a TTY";
   const auto lines = lines_of(text);
-  ASSERT_EQ(lines.size(), 5u) << text;
+  ASSERT_EQ(lines.size(), 3u) << text;
   EXPECT_EQ(lines[0], "progress: vda   41.7%  512.0 MiB / 1.2 GiB  100.0 MiB/s  ETA 1m05s");
   EXPECT_NE(lines[1].find("READY"), std::string::npos) << lines[1];
-  EXPECT_EQ(lines[2], "error: mirror: vda: boom");
-  EXPECT_EQ(lines[3], "error: prepare: no NBD server");
-  EXPECT_EQ(lines[4], "result: completed, 2.0 GiB in 10.0s (204.8 MiB/s)");
+  EXPECT_EQ(lines[2], "result: completed, 2.0 GiB in 10.0s (204.8 MiB/s)");
+  // Errors go to stderr, so that stdout holds the table and the progress alone.
+  const auto errors = lines_of(err.text());
+  ASSERT_EQ(errors.size(), 2u) << err.text();
+  EXPECT_EQ(errors[0], "error: mirror: vda: boom");
+  EXPECT_EQ(errors[1], "error: prepare: no NBD server");
 }
 
 // The bar of `disk` in the last drawing in `text`, e.g. "#####-----".

@@ -1,0 +1,51 @@
+#pragma once
+// A migration's rendezvous directory, RUN_DIR/<id>/: the UNIX sockets libvirt names in a
+// migration's URIs live there, at the same path on both hosts. Created for one migration and
+// removed, with whatever QEMU left in it, when the migration ends however it ends.
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+
+namespace nbdtunnel::engine {
+
+inline constexpr const char* kDefaultRunDir = "/run/nbdtunnel";
+
+// Who owns a run directory and the sockets in it: the user QEMU runs as, so that it can create
+// (destination) and connect to (source) the sockets.
+struct FileOwner {
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  bool set() const { return uid != static_cast<uid_t>(-1); }
+};
+// The user and primary group of `name`, if it exists.
+std::optional<FileOwner> lookup_user(const std::string& name);
+// libvirt's QEMU user on Debian, `libvirt-qemu`, where it exists and this process is root;
+// otherwise none (files stay owned by this process).
+FileOwner default_qemu_owner();
+
+class RunDir {
+ public:
+  RunDir() = default;
+  RunDir(const RunDir&) = delete;
+  RunDir& operator=(const RunDir&) = delete;
+  RunDir(RunDir&& other) noexcept;
+  RunDir& operator=(RunDir&& other) noexcept;
+  ~RunDir();
+  // Creates `base` (0755) if absent and base/<id> (0700, owned by `owner` if set), replacing a
+  // directory of that name a dead run left. False with error filled on failure.
+  bool create(const std::string& base, const std::string& id, FileOwner owner, std::string& error);
+  const std::string& path() const { return path_; }
+  std::string socket(const std::string& name) const { return path_ + "/" + name + ".sock"; }
+  // Gives `file` (a socket created in it) to the directory's owner.
+  void hand_over(const std::string& file) const;
+  // Removes the directory and everything in it; idempotent.
+  void remove();
+
+ private:
+  std::string path_;
+  FileOwner owner_;
+};
+
+}  // namespace nbdtunnel::engine
