@@ -29,7 +29,7 @@ struct LibvirtDest {
 LibvirtDest start_dest(LibvirtHost& host, const std::string& name) {
   Process p = host.spawn(name, {nbdtunnel_binary(), "dest", "--listen", "127.0.0.1:0", "--libvirt",
                                 "--insecure", "--host-id", "nbdtunnel-test-destination-host"});
-  auto m = p.wait_for_log("listening on [^ ]*:([0-9]+)", Seconds(15));
+  auto m = p.wait_for_log(R"(listening on [^\s]*:(\d+))", Seconds(15));
   if (!m) {
     p.dump_log();
     throw std::runtime_error("nbdtunnel dest --libvirt did not start");
