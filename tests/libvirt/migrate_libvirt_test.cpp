@@ -6,9 +6,11 @@
 #include <signal.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "test_pki.hpp"
 #include "tests/integration/harness/files.hpp"
 #include "tests/integration/harness/tunnel.hpp"
 #include "tests/libvirt/libvirt_host.hpp"
@@ -26,9 +28,23 @@ struct LibvirtDest {
   int port = 0;
 };
 
-LibvirtDest start_dest(LibvirtHost& host, const std::string& name) {
-  Process p = host.spawn(name, {nbdtunnel_binary(), "dest", "--listen", "127.0.0.1:0", "--libvirt",
-                                "--insecure", "--host-id", "nbdtunnel-test-destination-host"});
+// `tls_dir`: the daemon's credentials (mutual TLS) instead of a plain channel.
+LibvirtDest start_dest(LibvirtHost& host, const std::string& name,
+                       const std::string& tls_dir = "") {
+  std::vector<std::string> argv = {nbdtunnel_binary(),
+                                   "dest",
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--libvirt",
+                                   "--host-id",
+                                   "nbdtunnel-test-destination-host"};
+  if (tls_dir.empty()) {
+    argv.push_back("--insecure");
+  } else {
+    argv.push_back("--tls-dir");
+    argv.push_back(tls_dir);
+  }
+  Process p = host.spawn(name, argv);
   auto m = p.wait_for_log(R"(listening on [^\s]*:(\d+))", Seconds(15));
   if (!m) {
     p.dump_log();
@@ -56,8 +72,7 @@ bool has(const std::vector<std::string>& names, const std::string& name) {
     const std::filesystem::path dir = h->path("/run/nbdtunnel");
     if (!std::filesystem::exists(dir)) continue;
     for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-      return ::testing::AssertionFailure()
-             << h->name() << " still has " << entry.path().string();
+      return ::testing::AssertionFailure() << h->name() << " still has " << entry.path().string();
     }
   }
   return ::testing::AssertionSuccess();
@@ -102,8 +117,8 @@ TEST_F(MigrateLibvirt, DirectCarriesMemoryTwoDisksAndGuestWritesThroughOneChanne
   // 64 MiB at 16 MiB/s: seconds of copy for a guest write to land in the middle of.
   MigrateRun run(dir_, "migrate-direct", migrate_args(spec.name, dest.port, {"--bandwidth", "16"}),
                  src_prefix());
-  auto progress = run.wait_event(
-      [](const json& e) { return e.value("event", "") == "progress"; }, Seconds(30));
+  auto progress =
+      run.wait_event([](const json& e) { return e.value("event", "") == "progress"; }, Seconds(30));
   ASSERT_TRUE(progress) << run.stdout_text() << run.stderr_text();
   pair_->source().write_pattern(spec.name, "sda", 40 * kMiB, kMiB, 0x5a);
   auto code = run.wait_exit(Seconds(120));
@@ -111,16 +126,15 @@ TEST_F(MigrateLibvirt, DirectCarriesMemoryTwoDisksAndGuestWritesThroughOneChanne
   const auto events = run.events();
   ASSERT_EQ(*code, 0) << describe(events) << run.stderr_text();
   EXPECT_EQ(summary(events)->value("result", ""), "completed");
-  for (const char* check : {"destination", "libvirt", "hypervisor", "hosts", "domain",
-                            "disk sda", "disk sdb"}) {
+  for (const char* check :
+       {"destination", "libvirt", "hypervisor", "hosts", "domain", "disk sda", "disk sdb"}) {
     EXPECT_EQ(verdict_of(events, check), "pass") << check << "\n" << describe(events);
   }
   const std::vector<std::string> seen = phases(events);
   EXPECT_TRUE(has(seen, "mirror")) << describe(events);
   expect_moved(*pair_, spec);
-  EXPECT_TRUE(file_has_pattern(
-      pair_->destination().path(LibvirtHost::disk_path(spec.name, "sda")), 40 * kMiB, kMiB,
-      std::byte{0x5a}))
+  EXPECT_TRUE(file_has_pattern(pair_->destination().path(LibvirtHost::disk_path(spec.name, "sda")),
+                               40 * kMiB, kMiB, std::byte{0x5a}))
       << "the guest's write during the copy did not reach the destination";
   // libvirt RPC, NBD and the memory stream: streams of one channel.
   EXPECT_EQ(dest.process.count_in_log("channel from .* accepted"), 1u) << dest.process.log();
@@ -130,20 +144,26 @@ TEST_F(MigrateLibvirt, DirectCarriesMemoryTwoDisksAndGuestWritesThroughOneChanne
   EXPECT_TRUE(run_dirs_empty(*pair_));
 }
 
-TEST_F(MigrateLibvirt, PeerToPeerWithParallelConnections) {
+TEST_F(MigrateLibvirt, PeerToPeerWithParallelConnectionsOverMutualTls) {
   DomainSpec spec{"p2p-par", 128, {{"sda", 32 * kMiB, 21}}};
   pair_->source().start_domain(spec);
   pair_->destination().create_disks(spec);
-  auto dest = start_dest(pair_->destination(), "dest-p2p");
-  auto r = run_migrate(dir_, "migrate-p2p",
-                       migrate_args(spec.name, dest.port, {"--p2p", "--parallel", "4"}),
-                       Seconds(120), src_prefix());
+  TestPki pki;
+  pki.write_server_dir(dir_.file("pki-server"));
+  pki.write_client_dir(dir_.file("pki-client"));
+  auto dest = start_dest(pair_->destination(), "dest-p2p", dir_.file("pki-server"));
+  auto r =
+      run_migrate(dir_, "migrate-p2p",
+                  migrate_args(spec.name, dest.port,
+                               {"--p2p", "--parallel", "4", "--tls-dir", dir_.file("pki-client")}),
+                  Seconds(120), src_prefix());
   ASSERT_EQ(r.exit_code, 0) << describe(r.events) << r.stderr_text;
   expect_moved(*pair_, spec);
   // The main migration connection and four multifd ones, each a stream to the memory socket.
   EXPECT_GE(dest.process.count_in_log("to target 'migration/[^/]+/memory'"), 5u)
       << dest.process.log();
-  EXPECT_EQ(dest.process.count_in_log("channel from .* accepted"), 1u);
+  EXPECT_EQ(dest.process.count_in_log("channel from .* accepted: TLS client certificate"), 1u)
+      << dest.process.log();
   EXPECT_TRUE(run_dirs_empty(*pair_));
 }
 
@@ -155,8 +175,8 @@ TEST_F(MigrateLibvirt, CtrlCMidCopyLeavesTheSourceRunningAndTheNextRunWorks) {
   {
     MigrateRun run(dir_, "migrate-cancel", migrate_args(spec.name, dest.port, {"--bandwidth", "4"}),
                    src_prefix());
-    ASSERT_TRUE(run.wait_event(
-        [](const json& e) { return e.value("event", "") == "progress"; }, Seconds(30)))
+    ASSERT_TRUE(run.wait_event([](const json& e) { return e.value("event", "") == "progress"; },
+                               Seconds(30)))
         << run.stderr_text();
     run.process().signal(SIGINT);
     auto code = run.wait_exit(Seconds(60));
@@ -174,17 +194,44 @@ TEST_F(MigrateLibvirt, CtrlCMidCopyLeavesTheSourceRunningAndTheNextRunWorks) {
   expect_moved(*pair_, spec);
 }
 
+// --xml gives the destination other disk paths (checked there, copied there), --dname a new name.
+TEST_F(MigrateLibvirt, DestinationXmlAndNameMoveTheDiskElsewhere) {
+  DomainSpec spec{"xml-src", 128, {{"sda", 16 * kMiB, 61}}};
+  pair_->source().start_domain(spec);
+  const std::string src_path = LibvirtHost::disk_path(spec.name, "sda");
+  const std::string other = "/var/lib/libvirt/images/xml-elsewhere.raw";
+  std::string xml = pair_->source().virsh({"dumpxml", "--migratable", spec.name});
+  const auto at = xml.find(src_path);
+  ASSERT_NE(at, std::string::npos) << xml;
+  xml.replace(at, src_path.size(), other);
+  const std::string xml_file = dir_.file("dest.xml");
+  std::ofstream(xml_file) << xml;
+  pair_->destination().create_image(other, 16 * kMiB);
+  auto dest = start_dest(pair_->destination(), "dest-xml");
+  auto r =
+      run_migrate(dir_, "migrate-xml",
+                  migrate_args(spec.name, dest.port, {"--xml", xml_file, "--dname", "xml-moved"}),
+                  Seconds(120), src_prefix());
+  ASSERT_EQ(r.exit_code, 0) << describe(r.events) << r.stderr_text;
+  const auto check = check_named(r.events, "disk sda");
+  ASSERT_TRUE(check);
+  EXPECT_NE(check->value("detail", "").find("→ " + other), std::string::npos) << check->dump();
+  EXPECT_TRUE(has(pair_->destination().domains(), "xml-moved"));
+  EXPECT_FALSE(has(pair_->source().domains(), spec.name));
+  pair_->destination().virsh({"destroy", "xml-moved"});
+  EXPECT_TRUE(files_identical(pair_->source().path(src_path), pair_->destination().path(other)));
+  EXPECT_TRUE(run_dirs_empty(*pair_));
+}
+
 TEST_F(MigrateLibvirt, CheckOnlyNamesAMissingAndATooSmallDestinationImage) {
   DomainSpec spec{"checks", 128, {{"sda", 32 * kMiB, 41}, {"sdb", 16 * kMiB, 42}}};
   pair_->source().start_domain(spec);
   // sda half the size it must be, sdb not there at all.
   pair_->destination().create_image(LibvirtHost::disk_path(spec.name, "sda"), 16 * kMiB);
-  std::filesystem::remove(
-      pair_->destination().path(LibvirtHost::disk_path(spec.name, "sdb")));
+  std::filesystem::remove(pair_->destination().path(LibvirtHost::disk_path(spec.name, "sdb")));
   auto dest = start_dest(pair_->destination(), "dest-checks");
-  auto r = run_migrate(dir_, "migrate-checks",
-                       migrate_args(spec.name, dest.port, {"--check-only"}), Seconds(60),
-                       src_prefix());
+  auto r = run_migrate(dir_, "migrate-checks", migrate_args(spec.name, dest.port, {"--check-only"}),
+                       Seconds(60), src_prefix());
   EXPECT_EQ(r.exit_code, 3) << describe(r.events) << r.stderr_text;
   const auto sda = check_named(r.events, "disk sda");
   const auto sdb = check_named(r.events, "disk sdb");
@@ -193,9 +240,9 @@ TEST_F(MigrateLibvirt, CheckOnlyNamesAMissingAndATooSmallDestinationImage) {
   EXPECT_NE(sda->value("detail", "").find("less than the source disk"), std::string::npos)
       << sda->dump();
   EXPECT_EQ(sdb->value("verdict", ""), "fail");
-  EXPECT_NE(sdb->value("detail", "").find(LibvirtHost::disk_path(spec.name, "sdb") +
-                                          " does not exist"),
-            std::string::npos)
+  EXPECT_NE(
+      sdb->value("detail", "").find(LibvirtHost::disk_path(spec.name, "sdb") + " does not exist"),
+      std::string::npos)
       << sdb->dump();
   EXPECT_TRUE(has(pair_->source().domains(), spec.name)) << "checks change nothing";
   EXPECT_TRUE(run_dirs_empty(*pair_));
@@ -207,15 +254,14 @@ TEST_F(MigrateLibvirt, AStoppedDestinationLibvirtdFailsTheChecksAndSaysSo) {
   pair_->destination().create_disks(spec);
   auto dest = start_dest(pair_->destination(), "dest-stopped");
   pair_->destination().stop_daemon();
-  auto r = run_migrate(dir_, "migrate-stopped", migrate_args(spec.name, dest.port, {}),
-                       Seconds(60), src_prefix());
+  auto r = run_migrate(dir_, "migrate-stopped", migrate_args(spec.name, dest.port, {}), Seconds(60),
+                       src_prefix());
   pair_->destination().start_daemon();
   EXPECT_EQ(r.exit_code, 3) << describe(r.events) << r.stderr_text;
   const auto libvirt = check_named(r.events, "libvirt");
   ASSERT_TRUE(libvirt) << describe(r.events);
   EXPECT_EQ(libvirt->value("verdict", ""), "fail");
-  EXPECT_NE(libvirt->value("detail", "").find("destination"), std::string::npos)
-      << libvirt->dump();
+  EXPECT_NE(libvirt->value("detail", "").find("destination"), std::string::npos) << libvirt->dump();
   EXPECT_TRUE(has(pair_->source().domains(), spec.name));
   EXPECT_TRUE(run_dirs_empty(*pair_));
 }
