@@ -585,21 +585,8 @@ void LibvirtRun::cleanup(bool failed) {
 asio::awaitable<json> LibvirtRun::control(const std::string& command, const json& args) {
   if (command == "query-migration") {
     std::lock_guard lock(mu_);
-    json disks = json::array();
-    for (const DiskProgress& d : rows_) {
-      json j = json::object();
-      j["disk"] = d.disk;
-      j["done"] = d.done;
-      j["total"] = d.total;
-      j["ready"] = d.ready;
-      disks.push_back(j);
-    }
-    json out = json::object();
-    out["phase"] = phase_;
-    out["migration-id"] = o_.migration_id;
+    json out = query_migration_reply(phase_, o_.migration_id, bandwidth_mib_, rows_);
     out["domain"] = o_.domain;
-    out["bandwidth-mib-s"] = bandwidth_mib_;
-    out["disks"] = disks;
     co_return out;
   }
   if (command == "set-bandwidth") {

@@ -523,21 +523,16 @@ awaitable<void> MigrationRun::cleanup() {
 
 awaitable<json> MigrationRun::control(const std::string& command, const json& args) {
   if (command == "query-migration") {
-    json disks = json::array();
+    std::vector<DiskProgress> rows;
     for (const DiskCopy& d : disks_) {
-      json j = json::object();
-      j["disk"] = d.spec.node;
-      j["done"] = d.done;
-      j["total"] = d.total;
-      j["ready"] = d.ready;
-      disks.push_back(j);
+      DiskProgress p;
+      p.disk = d.spec.node;
+      p.done = d.done;
+      p.total = d.total;
+      p.ready = d.ready;
+      rows.push_back(p);
     }
-    json out = json::object();
-    out["phase"] = phase_;
-    out["migration-id"] = o_.migration_id;
-    out["bandwidth-mib-s"] = bandwidth_mib_;
-    out["disks"] = disks;
-    co_return out;
+    co_return query_migration_reply(phase_, o_.migration_id, bandwidth_mib_, rows);
   }
   if (command == "set-bandwidth") {
     if (!args.contains("mib-per-sec") || !args["mib-per-sec"].is_number() ||
