@@ -67,7 +67,8 @@ TEST(Cli, BadArgumentsExit2) {
 }
 
 // The libvirt role hands out a root-equivalent socket: never on a plain channel off loopback, and
-// on loopback only when asked with --insecure. The two migrate modes exclude each other.
+// on loopback only when asked with --insecure. The two migrate modes exclude each other. Numbers
+// are finite and in range.
 TEST(Cli, LibvirtRoleAndModeRulesExit2WithTheReason) {
   TempDir dir;
   struct Case {
@@ -91,6 +92,12 @@ TEST(Cli, LibvirtRoleAndModeRulesExit2WithTheReason) {
       {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--xml", dir.file("none.xml")},
        "cannot read"},
       {{"migrate", "--dest", "127.0.0.1:1"}, "--source-qmp"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--bandwidth", "nan"},
+       "'nan' is not a number"},
+      {{"dest", "--listen", "127.0.0.1:0", "--target", "a=/x", "--idle-timeout", "inf"},
+       "'inf' is not a number"},
+      {{"dest", "--listen", "127.0.0.1:0", "--target", "a=/x", "--handshake-timeout", "0"},
+       "0 is not between 0.1 and 3600"},
       {{"migrate", "--dest", "127.0.0.1:1", "--source-qmp", "/x"}, "--disk"},
   };
   for (const auto& c : cases) {
