@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -123,6 +124,30 @@ TEST(LibvirtPair, LiveMigrationWithCopyStorageThroughTunnel) {
 TEST(LibvirtPair, PeerToPeerLiveMigrationWithCopyStorageThroughTunnel) {
   NBDTUNNEL_REQUIRE_LIBVIRT();
   migrate_through_tunnel("t2", {"--p2p"});
+}
+
+TEST(LibvirtPair, DestinationDaemonRestartKeepsItsDomain) {
+  NBDTUNNEL_REQUIRE_LIBVIRT();
+  LibvirtHost& dst = LibvirtPair::shared().destination();
+  const DomainSpec spec{.name = "restart", .memory_mib = 128, .disks = {DiskSpec{.size = 1 << 20}}};
+  dst.start_domain(spec);
+  const std::vector<pid_t> qemus = dst.qemu_pids();
+  ASSERT_EQ(qemus.size(), 1u);
+
+  const pid_t old_daemon = dst.daemon_pid();
+  dst.stop_daemon();
+  EXPECT_FALSE(process_alive(old_daemon));
+  EXPECT_EQ(dst.daemon_pid(), -1);
+  EXPECT_FALSE(dst.run({"virsh", "-c", LibvirtHost::uri(), "version"}, Seconds{10}).ok());
+  EXPECT_TRUE(process_alive(qemus.front())) << "QEMU died with its libvirtd";
+
+  const auto start = std::chrono::steady_clock::now();
+  dst.start_daemon();
+  std::cerr << "destination libvirtd restarted in "
+            << Seconds(std::chrono::steady_clock::now() - start).count() << " s\n";
+  EXPECT_TRUE(has(dst.domains(), spec.name)) << "the restarted daemon lost the running domain";
+  dst.virsh({"destroy", spec.name});
+  EXPECT_TRUE(dst.qemu_pids().empty());
 }
 
 // Last in the file: gtest runs a file's tests in order.
