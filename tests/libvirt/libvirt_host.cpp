@@ -8,6 +8,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -429,8 +430,24 @@ LibvirtPair::LibvirtPair() {
   const auto start = std::chrono::steady_clock::now();
   source_ = std::make_unique<LibvirtHost>("source", dir_.path() / "source");
   destination_ = std::make_unique<LibvirtHost>("destination", dir_.path() / "destination");
-  source_->wait_ready();
-  destination_->wait_ready();
+  // libvirtd probes QEMU's capabilities (~8 s) on its first connection: wait for both sides
+  // at once so that the two probes run in parallel.
+  std::exception_ptr destination_failed;
+  std::thread destination_wait([this, &destination_failed] {
+    try {
+      destination_->wait_ready();
+    } catch (...) {
+      destination_failed = std::current_exception();
+    }
+  });
+  try {
+    source_->wait_ready();
+  } catch (...) {
+    destination_wait.join();
+    throw;
+  }
+  destination_wait.join();
+  if (destination_failed) std::rethrow_exception(destination_failed);
   startup_seconds_ = Seconds(std::chrono::steady_clock::now() - start).count();
 }
 

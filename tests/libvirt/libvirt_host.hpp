@@ -19,9 +19,12 @@
 //   mount points; the harness creates them empty if missing (libvirt-daemon-system would
 //   create them too) and never writes into them. Nothing is created under the real /run.
 // * A bare libvirtd logs errors about dnsmasq, D-Bus, udev DMI data and cgroups at start; all
-//   harmless. The first start of a side probes QEMU's capabilities (~8 s; both sides together
-//   take ~10 s on 2 cores); the cache lives in the side's /var/cache/libvirt, so a restart
-//   of the same side is faster.
+//   harmless.
+// * libvirtd probes QEMU's capabilities (qemu-system-x86_64 and qemu-system-i386, ~4 s each)
+//   on its first client connection, not at start: the pair polls both sides at once, so that
+//   the two probes overlap (~10 s for the pair on 2 cores, ~16 s one after the other). The
+//   cache lives in the side's /var/cache/libvirt, so a restart of the same side answers in
+//   under a second (unless the QEMU or libvirt binaries changed meanwhile).
 // * HMP `qemu-io` cannot write to a virtio-blk disk: `-d virtio-disk0` names the PCI proxy
 //   ("Device does not have a block device backend") and the format node's BlockBackend does
 //   not share write permission. A SATA disk (qdev id sata0-0-N) works, so disks are SATA.
@@ -129,7 +132,8 @@ class LibvirtHost {
   // Pids of the side's QEMUs, from /run/libvirt/qemu/<domain>.pid.
   std::vector<pid_t> qemu_pids() const;
 
-  // Waits until `virsh version` answers; throws (with the daemon's log) past `timeout`.
+  // Waits until `virsh version` answers (the first answer waits for the capability probe);
+  // throws (with the daemon's log) past `timeout`.
   void wait_ready(Seconds timeout = Seconds{90});
   // SIGTERM libvirtd and wait for it (its QEMUs keep running, as on a real host).
   void stop_daemon();
