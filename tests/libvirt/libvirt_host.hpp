@@ -23,8 +23,11 @@
 // * libvirtd probes QEMU's capabilities (qemu-system-x86_64 and qemu-system-i386, ~4 s each)
 //   on its first client connection, not at start: the pair polls both sides at once, so that
 //   the two probes overlap (~10 s for the pair on 2 cores, ~16 s one after the other). The
-//   cache lives in the side's /var/cache/libvirt, so a restart of the same side answers in
-//   under a second (unless the QEMU or libvirt binaries changed meanwhile).
+//   cache lives in the side's /var/cache/libvirt, but libvirt throws it away when the host's
+//   CPUID data differ from the probe's ("Outdated capabilities ...: host cpuid changed" in a
+//   debug log), and CPUID (the APIC id) differs from one CPU to the next: each side's libvirtd
+//   is pinned to one CPU (source and destination to different ones), so that a restart of a
+//   side answers in under a second instead of probing again. libvirt gives QEMU every CPU.
 // * HMP `qemu-io` cannot write to a virtio-blk disk: `-d virtio-disk0` names the PCI proxy
 //   ("Device does not have a block device backend") and the format node's BlockBackend does
 //   not share write permission. A SATA disk (qdev id sata0-0-N) works, so disks are SATA.
@@ -75,8 +78,9 @@ struct DomainSpec {
 // One side: a mount namespace with its own libvirtd.
 class LibvirtHost {
  public:
-  // Starts the keeper and libvirtd; does not wait for the daemon (wait_ready does).
-  LibvirtHost(std::string name, std::filesystem::path dir);
+  // Starts the keeper and libvirtd (pinned to `cpu` unless it is -1); does not wait for the
+  // daemon (wait_ready does).
+  LibvirtHost(std::string name, std::filesystem::path dir, int cpu = -1);
   ~LibvirtHost();
   LibvirtHost(const LibvirtHost&) = delete;
   LibvirtHost& operator=(const LibvirtHost&) = delete;
@@ -148,6 +152,7 @@ class LibvirtHost {
   std::string name_;
   std::filesystem::path dir_;
   std::string host_uuid_;
+  int cpu_ = -1;
   std::unique_ptr<Process> keeper_;
   std::unique_ptr<Process> daemon_;
   mutable unsigned commands_ = 0;

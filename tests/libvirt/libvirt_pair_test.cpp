@@ -3,6 +3,7 @@
 // source/dest pair between them.
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <chrono>
@@ -133,6 +134,11 @@ TEST(LibvirtPair, DestinationDaemonRestartKeepsItsDomain) {
   dst.start_domain(spec);
   const std::vector<pid_t> qemus = dst.qemu_pids();
   ASSERT_EQ(qemus.size(), 1u);
+  // libvirtd is pinned to one CPU; its QEMUs are not.
+  cpu_set_t mine, qemu;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof mine, &mine), 0);
+  ASSERT_EQ(::sched_getaffinity(qemus.front(), sizeof qemu, &qemu), 0);
+  EXPECT_EQ(CPU_COUNT(&qemu), CPU_COUNT(&mine));
 
   const pid_t old_daemon = dst.daemon_pid();
   dst.stop_daemon();
