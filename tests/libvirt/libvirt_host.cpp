@@ -377,7 +377,7 @@ void LibvirtHost::shutdown() {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
-  // The keeper's sleeper has SIGKILL as its parent-death signal: the namespace ends with it.
+  // Its watcher, told by the kernel, kills whatever QEMU is left and ends the namespace.
   keeper_->kill();
   keeper_.reset();
 }

@@ -32,8 +32,9 @@
 //   ("Device does not have a block device backend") and the format node's BlockBackend does
 //   not share write permission. A SATA disk (qdev id sata0-0-N) works, so disks are SATA.
 // * QEMU is double-forked by libvirtd: it is not the daemon's child and outlives it. The
-//   keeper kills the side's QEMUs (by the pid files in /run/libvirt/qemu) when the test
-//   process dies, even by SIGKILL (the keeper's parent-death signal is SIGTERM).
+//   keeper's watcher (tests/libvirt/keeper.sh) kills the side's QEMUs, by the pid files in
+//   /run/libvirt/qemu, whenever the keeper ends, so a test killed by SIGKILL (or ended by
+//   abort_test_binary) leaves no QEMU behind.
 // * The domain's disk paths must be the same on both sides (copy-storage-all writes into the
 //   destination's pre-created image of the same size); /var/lib/libvirt/images/... is the
 //   same path and a different file in each namespace.
