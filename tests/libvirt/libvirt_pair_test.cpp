@@ -113,6 +113,10 @@ void migrate_through_tunnel(const std::string& tag, const std::vector<std::strin
                                std::byte{0x5a}));
   EXPECT_TRUE(file_has_pattern(dst.path(LibvirtHost::disk_path(spec.name, "sdb")), 3 << 20,
                                64 << 10, std::byte{0xa5}));
+  // Everything went through the tunnel: libvirt's RPC, one NBD connection per disk, memory.
+  EXPECT_GE(dest.count_in_log("opened to target 'libvirt'"), 1u) << dest.log();
+  EXPECT_EQ(dest.count_in_log("opened to target 'nbd'"), spec.disks.size()) << dest.log();
+  EXPECT_GE(dest.count_in_log("opened to target 'memory'"), 1u) << dest.log();
   EXPECT_EQ(source.count_in_log(" error "), 0u) << source.log();
   EXPECT_EQ(dest.count_in_log(" error "), 0u) << dest.log();
 }
