@@ -6,6 +6,9 @@
 // directory of the side's own bind-mounted over
 //   /run                (so /run/libvirt, /run/libvirtd.pid and /run/nbdtunnel are per side),
 //   /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt.
+// The whole of /run is replaced rather than /run/libvirt and /run/nbdtunnel: those would need
+// mount points on the real /run, libvirtd's pid file is /run/libvirtd.pid, and the host's
+// D-Bus socket is better out of the daemons' sight.
 // libvirtd, virsh, nbdtunnel and QEMU run in the host's PID and network namespaces, so pids are
 // real pids and TCP on 127.0.0.1 connects the two sides.
 //
@@ -22,7 +25,7 @@
 //   harmless.
 // * libvirtd probes QEMU's capabilities (qemu-system-x86_64 and qemu-system-i386, ~4 s each)
 //   on its first client connection, not at start: the pair polls both sides at once, so that
-//   the two probes overlap (~10 s for the pair on 2 cores, ~16 s one after the other). The
+//   the two probes overlap (~8 s for the pair on 2 cores, ~16 s one after the other). The
 //   cache lives in the side's /var/cache/libvirt, but libvirt throws it away when the host's
 //   CPUID data differ from the probe's ("Outdated capabilities ...: host cpuid changed" in a
 //   debug log), and CPUID (the APIC id) differs from one CPU to the next: each side's libvirtd
@@ -38,6 +41,10 @@
 // * The domain's disk paths must be the same on both sides (copy-storage-all writes into the
 //   destination's pre-created image of the same size); /var/lib/libvirt/images/... is the
 //   same path and a different file in each namespace.
+// * `virsh migrate --live --copy-storage-all --desturi 'qemu+unix:///system?socket=S'
+//   --migrateuri unix://M --disks-uri unix://N`, with or without --p2p, works through UNIX
+//   sockets alone: the destination QEMU listens on M (-incoming) and N (nbd-server-start),
+//   the source QEMU connects to the same paths, which on the source are nbdtunnel's sockets.
 
 #include <sys/types.h>
 
