@@ -34,6 +34,8 @@
 // * HMP `qemu-io` cannot write to a virtio-blk disk: `-d virtio-disk0` names the PCI proxy
 //   ("Device does not have a block device backend") and the format node's BlockBackend does
 //   not share write permission. A SATA disk (qdev id sata0-0-N) works, so disks are SATA.
+//   `virsh qemu-monitor-command` is allowed while a migration job runs, so write_pattern can
+//   write while the disks are being copied.
 // * QEMU is double-forked by libvirtd: it is not the daemon's child and outlives it. The
 //   keeper's watcher (tests/libvirt/keeper.sh) kills the side's QEMUs, by the pid files in
 //   /run/libvirt/qemu, whenever the keeper ends, so a test killed by SIGKILL (or ended by
