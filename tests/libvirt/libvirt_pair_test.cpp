@@ -101,11 +101,11 @@ void migrate_through_tunnel(const std::string& tag, const std::vector<std::strin
                                    "unix://" + run_dir + "/nbd.sock"};
   migrate.insert(migrate.end(), extra.begin(), extra.end());
   if (write_during_copy) {
-    // Slow enough (8 MiB/s for the disks) that the guest writes land while they are copied.
-    migrate.insert(migrate.end(), {"--bandwidth", "8"});
+    // Slow enough (4 MiB/s for the disks) that the guest writes land while they are copied.
+    migrate.insert(migrate.end(), {"--bandwidth", "4"});
     Process virsh = src.spawn("migrate-" + tag, migrate);
     ASSERT_TRUE(dest.wait_for_log("opened to target 'nbd'", Seconds{30})) << dest.log();
-    for (std::uint64_t i = 0; i < 8; ++i) {
+    for (std::uint64_t i = 0; i < 6; ++i) {
       src.write_pattern(spec.name, "sda", (4 + 3 * i) << 20, 256 << 10,
                         static_cast<std::uint8_t>(0x30 + i));
     }
@@ -129,7 +129,7 @@ void migrate_through_tunnel(const std::string& tag, const std::vector<std::strin
   EXPECT_TRUE(file_has_pattern(dst.path(LibvirtHost::disk_path(spec.name, "sdb")), 3 << 20,
                                64 << 10, std::byte{0xa5}));
   if (write_during_copy) {
-    for (std::uint64_t i = 0; i < 8; ++i) {
+    for (std::uint64_t i = 0; i < 6; ++i) {
       EXPECT_TRUE(file_has_pattern(dst.path(LibvirtHost::disk_path(spec.name, "sda")),
                                    (4 + 3 * i) << 20, 256 << 10, std::byte(0x30 + i)));
     }
