@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
-# Holds one side's mount namespace open for tests/libvirt (started inside `unshare -m`).
-# $1: the side's directory; its run/ etc/ lib/ cache/ log/ are bind-mounted over /run,
-# /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt.
-# The mount points outside /run are libvirt's own directories, created empty when missing;
-# mount -n keeps util-linux from writing /run/mount/utab on the real root.
-# On SIGTERM (its parent-death signal: the test process died) it kills the side's QEMUs, which
-# libvirtd's double fork makes nobody's child, and exits; the namespace ends with it.
+# Holds one side's mount namespace open for tests/libvirt (started inside `unshare -m`, with
+# SIGTERM as its parent-death signal).
+#
+# keeper.sh DIR: bind-mounts DIR's run/ etc/ lib/ cache/ log/ over /run, /etc/libvirt,
+#   /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt, starts the watcher, and becomes
+#   `sleep infinity`. The mount points outside /run are libvirt's own directories, created
+#   empty when missing; mount -n keeps util-linux from writing /run/mount/utab on the real root.
+# keeper.sh --watch: the watcher. libvirtd's double fork makes QEMU nobody's child, so nothing
+#   else would stop the side's QEMUs when the test dies. The watcher's parent-death signal is
+#   SIGTERM: however the keeper ends (SIGTERM because the test process died, SIGKILL from the
+#   harness), the watcher kills every QEMU that the side's pid files name, and exits; the
+#   namespace ends with the last of them.
 set -eu
+
+if [ "$1" = "--watch" ]; then
+  kill_qemus() {
+    local f pid
+    for f in /run/libvirt/qemu/*.pid; do
+      [ -f "$f" ] || continue
+      [ "$(basename "$f")" != driver.pid ] || continue
+      pid=$(cat "$f" 2>/dev/null || true)
+      # Only a process that is still a QEMU: a stale pid file must not kill a stranger.
+      case "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)" in
+        *qemu-system*) kill -KILL "$pid" 2>/dev/null || true ;;
+      esac
+    done
+    exit 0
+  }
+  trap kill_qemus TERM
+  # The sleeper dies with the watcher, whatever kills it.
+  setpriv --pdeathsig KILL sleep infinity &
+  wait
+  exit 0
+fi
+
 d=$1
 mkdir -p /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
 mount -n --bind "$d/run" /run
@@ -14,17 +41,6 @@ mount -n --bind "$d/etc" /etc/libvirt
 mount -n --bind "$d/lib" /var/lib/libvirt
 mount -n --bind "$d/cache" /var/cache/libvirt
 mount -n --bind "$d/log" /var/log/libvirt
-
-kill_qemus() {
-  local f
-  for f in /run/libvirt/qemu/*.pid; do
-    if [ -f "$f" ]; then kill -KILL "$(cat "$f")" 2>/dev/null || true; fi
-  done
-  exit 0
-}
-trap kill_qemus TERM
-
+setpriv --pdeathsig TERM bash "$0" --watch &
 echo "namespace ready"
-# The sleeper dies with the keeper, even when the keeper is killed with SIGKILL.
-setpriv --pdeathsig KILL sleep infinity &
-wait
+exec sleep infinity

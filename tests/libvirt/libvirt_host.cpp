@@ -2,12 +2,14 @@
 
 #include <gtest/gtest.h>
 #include <pwd.h>
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -109,8 +111,8 @@ bool process_alive(pid_t pid) {
   return state != 'Z' && state != 'X';
 }
 
-LibvirtHost::LibvirtHost(std::string name, fs::path dir)
-    : name_(std::move(name)), dir_(std::move(dir)), host_uuid_(random_uuid()) {
+LibvirtHost::LibvirtHost(std::string name, fs::path dir, int cpu)
+    : name_(std::move(name)), dir_(std::move(dir)), host_uuid_(random_uuid()), cpu_(cpu) {
   for (const auto& m : kMounts) fs::create_directories(dir_ / m.subdir);
   fs::create_directories(dir_ / "lib" / "images");
   fs::create_directories(dir_ / "cmd");
@@ -315,9 +317,10 @@ std::vector<pid_t> LibvirtHost::qemu_pids() const {
 }
 
 void LibvirtHost::launch_daemon() {
-  daemon_ = std::make_unique<Process>(
-      "libvirtd-" + name_, in_ns({libvirtd_program(), "--pid-file", "/run/libvirtd.pid"}),
-      (dir_ / "libvirtd.log").string());
+  std::vector<std::string> argv{libvirtd_program(), "--pid-file", "/run/libvirtd.pid"};
+  if (cpu_ >= 0) argv.insert(argv.begin(), {"taskset", "-c", std::to_string(cpu_)});
+  daemon_ = std::make_unique<Process>("libvirtd-" + name_, in_ns(std::move(argv)),
+                                      (dir_ / "libvirtd.log").string());
 }
 
 void LibvirtHost::wait_ready(Seconds timeout) {
@@ -374,7 +377,7 @@ void LibvirtHost::shutdown() {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
-  // The keeper's sleeper has SIGKILL as its parent-death signal: the namespace ends with it.
+  // Its watcher, told by the kernel, kills whatever QEMU is left and ends the namespace.
   keeper_->kill();
   keeper_.reset();
 }
@@ -426,11 +429,39 @@ LibvirtPair::LibvirtPair() {
                                ", which each side replaces: set TMPDIR elsewhere");
     }
   }
+  // One CPU each (see the header), different ones where there are two.
+  std::vector<int> cpus;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (::sched_getaffinity(0, sizeof allowed, &allowed) == 0) {
+    for (int c = 0; c < CPU_SETSIZE && cpus.size() < 2; ++c) {
+      if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+    }
+  }
+  const int source_cpu = cpus.empty() ? -1 : cpus.front();
+  const int destination_cpu = cpus.empty() ? -1 : cpus.back();
   const auto start = std::chrono::steady_clock::now();
-  source_ = std::make_unique<LibvirtHost>("source", dir_.path() / "source");
-  destination_ = std::make_unique<LibvirtHost>("destination", dir_.path() / "destination");
-  source_->wait_ready();
-  destination_->wait_ready();
+  source_ = std::make_unique<LibvirtHost>("source", dir_.path() / "source", source_cpu);
+  destination_ =
+      std::make_unique<LibvirtHost>("destination", dir_.path() / "destination", destination_cpu);
+  // libvirtd probes QEMU's capabilities (~8 s) on its first connection: wait for both sides
+  // at once so that the two probes run in parallel.
+  std::exception_ptr destination_failed;
+  std::thread destination_wait([this, &destination_failed] {
+    try {
+      destination_->wait_ready();
+    } catch (...) {
+      destination_failed = std::current_exception();
+    }
+  });
+  try {
+    source_->wait_ready();
+  } catch (...) {
+    destination_wait.join();
+    throw;
+  }
+  destination_wait.join();
+  if (destination_failed) std::rethrow_exception(destination_failed);
   startup_seconds_ = Seconds(std::chrono::steady_clock::now() - start).count();
 }
 

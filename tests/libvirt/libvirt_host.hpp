@@ -6,6 +6,9 @@
 // directory of the side's own bind-mounted over
 //   /run                (so /run/libvirt, /run/libvirtd.pid and /run/nbdtunnel are per side),
 //   /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt.
+// The whole of /run is replaced rather than /run/libvirt and /run/nbdtunnel: those would need
+// mount points on the real /run, libvirtd's pid file is /run/libvirtd.pid, and the host's
+// D-Bus socket is better out of the daemons' sight.
 // libvirtd, virsh, nbdtunnel and QEMU run in the host's PID and network namespaces, so pids are
 // real pids and TCP on 127.0.0.1 connects the two sides.
 //
@@ -19,18 +22,31 @@
 //   mount points; the harness creates them empty if missing (libvirt-daemon-system would
 //   create them too) and never writes into them. Nothing is created under the real /run.
 // * A bare libvirtd logs errors about dnsmasq, D-Bus, udev DMI data and cgroups at start; all
-//   harmless. The first start of a side probes QEMU's capabilities (~8 s; both sides together
-//   take ~10 s on 2 cores); the cache lives in the side's /var/cache/libvirt, so a restart
-//   of the same side is faster.
+//   harmless.
+// * libvirtd probes QEMU's capabilities (qemu-system-x86_64 and qemu-system-i386, ~4 s each)
+//   on its first client connection, not at start: the pair polls both sides at once, so that
+//   the two probes overlap (~8 s for the pair on 2 cores, ~16 s one after the other). The
+//   cache lives in the side's /var/cache/libvirt, but libvirt throws it away when the host's
+//   CPUID data differ from the probe's ("Outdated capabilities ...: host cpuid changed" in a
+//   debug log), and CPUID (the APIC id) differs from one CPU to the next: each side's libvirtd
+//   is pinned to one CPU (source and destination to different ones), so that a restart of a
+//   side answers in under a second instead of probing again. libvirt gives QEMU every CPU.
 // * HMP `qemu-io` cannot write to a virtio-blk disk: `-d virtio-disk0` names the PCI proxy
 //   ("Device does not have a block device backend") and the format node's BlockBackend does
 //   not share write permission. A SATA disk (qdev id sata0-0-N) works, so disks are SATA.
+//   `virsh qemu-monitor-command` is allowed while a migration job runs, so write_pattern can
+//   write while the disks are being copied.
 // * QEMU is double-forked by libvirtd: it is not the daemon's child and outlives it. The
-//   keeper kills the side's QEMUs (by the pid files in /run/libvirt/qemu) when the test
-//   process dies, even by SIGKILL (the keeper's parent-death signal is SIGTERM).
+//   keeper's watcher (tests/libvirt/keeper.sh) kills the side's QEMUs, by the pid files in
+//   /run/libvirt/qemu, whenever the keeper ends, so a test killed by SIGKILL (or ended by
+//   abort_test_binary) leaves no QEMU behind.
 // * The domain's disk paths must be the same on both sides (copy-storage-all writes into the
 //   destination's pre-created image of the same size); /var/lib/libvirt/images/... is the
 //   same path and a different file in each namespace.
+// * `virsh migrate --live --copy-storage-all --desturi 'qemu+unix:///system?socket=S'
+//   --migrateuri unix://M --disks-uri unix://N`, with or without --p2p, works through UNIX
+//   sockets alone: the destination QEMU listens on M (-incoming) and N (nbd-server-start),
+//   the source QEMU connects to the same paths, which on the source are nbdtunnel's sockets.
 
 #include <sys/types.h>
 
@@ -72,8 +88,9 @@ struct DomainSpec {
 // One side: a mount namespace with its own libvirtd.
 class LibvirtHost {
  public:
-  // Starts the keeper and libvirtd; does not wait for the daemon (wait_ready does).
-  LibvirtHost(std::string name, std::filesystem::path dir);
+  // Starts the keeper and libvirtd (pinned to `cpu` unless it is -1); does not wait for the
+  // daemon (wait_ready does).
+  LibvirtHost(std::string name, std::filesystem::path dir, int cpu = -1);
   ~LibvirtHost();
   LibvirtHost(const LibvirtHost&) = delete;
   LibvirtHost& operator=(const LibvirtHost&) = delete;
@@ -129,7 +146,8 @@ class LibvirtHost {
   // Pids of the side's QEMUs, from /run/libvirt/qemu/<domain>.pid.
   std::vector<pid_t> qemu_pids() const;
 
-  // Waits until `virsh version` answers; throws (with the daemon's log) past `timeout`.
+  // Waits until `virsh version` answers (the first answer waits for the capability probe);
+  // throws (with the daemon's log) past `timeout`.
   void wait_ready(Seconds timeout = Seconds{90});
   // SIGTERM libvirtd and wait for it (its QEMUs keep running, as on a real host).
   void stop_daemon();
@@ -144,6 +162,7 @@ class LibvirtHost {
   std::string name_;
   std::filesystem::path dir_;
   std::string host_uuid_;
+  int cpu_ = -1;
   std::unique_ptr<Process> keeper_;
   std::unique_ptr<Process> daemon_;
   mutable unsigned commands_ = 0;

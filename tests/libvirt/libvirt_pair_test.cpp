@@ -3,8 +3,10 @@
 // source/dest pair between them.
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -50,7 +52,8 @@ TEST(LibvirtPair, BothDaemonsAnswerWithDistinctHostUuids) {
 // Runs one `virsh migrate --live --copy-storage-all` of a fresh domain through a tunnel made
 // of `nbdtunnel dest` (destination side) and `nbdtunnel source` (source side), and checks the
 // domain moved and its disks arrived byte for byte, a pattern written just before included.
-void migrate_through_tunnel(const std::string& tag, const std::vector<std::string>& extra) {
+void migrate_through_tunnel(const std::string& tag, const std::vector<std::string>& extra,
+                            bool write_during_copy = false) {
   auto& pair = LibvirtPair::shared();
   LibvirtHost& src = pair.source();
   LibvirtHost& dst = pair.destination();
@@ -97,8 +100,22 @@ void migrate_through_tunnel(const std::string& tag, const std::vector<std::strin
                                    "--disks-uri",
                                    "unix://" + run_dir + "/nbd.sock"};
   migrate.insert(migrate.end(), extra.begin(), extra.end());
-  const RunResult r = src.run(migrate, Seconds{60});
-  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  if (write_during_copy) {
+    // Slow enough (4 MiB/s for the disks) that the guest writes land while they are copied.
+    migrate.insert(migrate.end(), {"--bandwidth", "4"});
+    Process virsh = src.spawn("migrate-" + tag, migrate);
+    ASSERT_TRUE(dest.wait_for_log("opened to target 'nbd'", Seconds{30})) << dest.log();
+    for (std::uint64_t i = 0; i < 6; ++i) {
+      src.write_pattern(spec.name, "sda", (4 + 3 * i) << 20, 256 << 10,
+                        static_cast<std::uint8_t>(0x30 + i));
+    }
+    EXPECT_TRUE(virsh.running()) << "the migration ended before the writes: no test of them";
+    auto code = virsh.wait_exit(Seconds{60});
+    ASSERT_EQ(code, 0) << virsh.log();
+  } else {
+    const RunResult r = src.run(migrate, Seconds{60});
+    ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  }
 
   EXPECT_TRUE(has(dst.domains(), spec.name)) << "the domain does not run on the destination";
   EXPECT_FALSE(has(src.domains(), spec.name)) << "the domain still runs on the source";
@@ -111,6 +128,16 @@ void migrate_through_tunnel(const std::string& tag, const std::vector<std::strin
                                std::byte{0x5a}));
   EXPECT_TRUE(file_has_pattern(dst.path(LibvirtHost::disk_path(spec.name, "sdb")), 3 << 20,
                                64 << 10, std::byte{0xa5}));
+  if (write_during_copy) {
+    for (std::uint64_t i = 0; i < 6; ++i) {
+      EXPECT_TRUE(file_has_pattern(dst.path(LibvirtHost::disk_path(spec.name, "sda")),
+                                   (4 + 3 * i) << 20, 256 << 10, std::byte(0x30 + i)));
+    }
+  }
+  // Everything went through the tunnel: libvirt's RPC, one NBD connection per disk, memory.
+  EXPECT_GE(dest.count_in_log("opened to target 'libvirt'"), 1u) << dest.log();
+  EXPECT_EQ(dest.count_in_log("opened to target 'nbd'"), spec.disks.size()) << dest.log();
+  EXPECT_GE(dest.count_in_log("opened to target 'memory'"), 1u) << dest.log();
   EXPECT_EQ(source.count_in_log(" error "), 0u) << source.log();
   EXPECT_EQ(dest.count_in_log(" error "), 0u) << dest.log();
 }
@@ -123,6 +150,40 @@ TEST(LibvirtPair, LiveMigrationWithCopyStorageThroughTunnel) {
 TEST(LibvirtPair, PeerToPeerLiveMigrationWithCopyStorageThroughTunnel) {
   NBDTUNNEL_REQUIRE_LIBVIRT();
   migrate_through_tunnel("t2", {"--p2p"});
+}
+
+TEST(LibvirtPair, GuestWritesDuringTheDiskCopyArrive) {
+  NBDTUNNEL_REQUIRE_LIBVIRT();
+  migrate_through_tunnel("t3", {}, true);
+}
+
+TEST(LibvirtPair, DestinationDaemonRestartKeepsItsDomain) {
+  NBDTUNNEL_REQUIRE_LIBVIRT();
+  LibvirtHost& dst = LibvirtPair::shared().destination();
+  const DomainSpec spec{.name = "restart", .memory_mib = 128, .disks = {DiskSpec{.size = 1 << 20}}};
+  dst.start_domain(spec);
+  const std::vector<pid_t> qemus = dst.qemu_pids();
+  ASSERT_EQ(qemus.size(), 1u);
+  // libvirtd is pinned to one CPU; its QEMUs are not.
+  cpu_set_t mine, qemu;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof mine, &mine), 0);
+  ASSERT_EQ(::sched_getaffinity(qemus.front(), sizeof qemu, &qemu), 0);
+  EXPECT_EQ(CPU_COUNT(&qemu), CPU_COUNT(&mine));
+
+  const pid_t old_daemon = dst.daemon_pid();
+  dst.stop_daemon();
+  EXPECT_FALSE(process_alive(old_daemon));
+  EXPECT_EQ(dst.daemon_pid(), -1);
+  EXPECT_FALSE(dst.run({"virsh", "-c", LibvirtHost::uri(), "version"}, Seconds{10}).ok());
+  EXPECT_TRUE(process_alive(qemus.front())) << "QEMU died with its libvirtd";
+
+  const auto start = std::chrono::steady_clock::now();
+  dst.start_daemon();
+  std::cerr << "destination libvirtd restarted in "
+            << Seconds(std::chrono::steady_clock::now() - start).count() << " s\n";
+  EXPECT_TRUE(has(dst.domains(), spec.name)) << "the restarted daemon lost the running domain";
+  dst.virsh({"destroy", spec.name});
+  EXPECT_TRUE(dst.qemu_pids().empty());
 }
 
 // Last in the file: gtest runs a file's tests in order.
