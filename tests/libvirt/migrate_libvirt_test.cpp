@@ -194,6 +194,33 @@ TEST_F(MigrateLibvirt, CtrlCMidCopyLeavesTheSourceRunningAndTheNextRunWorks) {
   expect_moved(*pair_, spec);
 }
 
+// Someone else aborts the job (virsh domjobabort): the run fails with libvirt's own message, the
+// source keeps running, nothing is left.
+TEST_F(MigrateLibvirt, AnAbortBySomeoneElseFailsCleanlyWithLibvirtsMessage) {
+  DomainSpec spec{"aborted", 128, {{"sda", 64 * kMiB, 71}}};
+  pair_->source().start_domain(spec);
+  pair_->destination().create_disks(spec);
+  auto dest = start_dest(pair_->destination(), "dest-aborted");
+  MigrateRun run(dir_, "migrate-aborted", migrate_args(spec.name, dest.port, {"--bandwidth", "4"}),
+                 src_prefix());
+  ASSERT_TRUE(
+      run.wait_event([](const json& e) { return e.value("event", "") == "progress"; }, Seconds(30)))
+      << run.stderr_text();
+  pair_->source().virsh({"domjobabort", spec.name});
+  auto code = run.wait_exit(Seconds(60));
+  ASSERT_TRUE(code);
+  const auto events = run.events();
+  EXPECT_EQ(*code, 1) << describe(events) << run.stderr_text();
+  EXPECT_EQ(summary(events)->value("result", ""), "failed");
+  const auto errors = events_named(events, "error");
+  ASSERT_EQ(errors.size(), 1u) << "the first error only\n" << describe(events);
+  EXPECT_NE(errors[0].value("message", "").find("libvirt: "), std::string::npos)
+      << errors[0].dump();
+  EXPECT_TRUE(has(pair_->source().domains(), spec.name));
+  EXPECT_FALSE(has(pair_->destination().domains(), spec.name));
+  EXPECT_TRUE(run_dirs_empty(*pair_));
+}
+
 // --xml gives the destination other disk paths (checked there, copied there), --dname a new name.
 TEST_F(MigrateLibvirt, DestinationXmlAndNameMoveTheDiskElsewhere) {
   DomainSpec spec{"xml-src", 128, {{"sda", 16 * kMiB, 61}}};
