@@ -668,7 +668,12 @@ int LibvirtRun::run() {
       spdlog::warn("cleanup: {}", e.what());
     }
   }
-  dst_.reset();  // before the channel it runs over
+  // The control socket's handlers use dom_ on the io thread: they go first. Then the
+  // destination libvirt connection, before the channel it runs over.
+  on_io([this] {
+    if (control_) control_->stop();
+  });
+  dst_.reset();
   dom_.reset();
   src_.reset();
   std::uint64_t bytes = 0;
