@@ -424,11 +424,12 @@ void LibvirtRun::poll_progress() {
   }
   std::vector<DiskProgress> rows;
   if (s.disk_total && *s.disk_total > 0) {
-    // libvirt counts all disks together: share the count out by size, in disk order.
-    std::uint64_t left = s.disk_processed.value_or(0);
+    // libvirt counts all disks together (and copies them at once): each row shows its share of
+    // that count, by size.
+    const double fraction = std::min(1.0, static_cast<double>(s.disk_processed.value_or(0)) /
+                                              static_cast<double>(*s.disk_total));
     for (DiskRow& d : disks_) {
-      const std::uint64_t done = std::min(left, d.facts.size);
-      left -= done;
+      const auto done = static_cast<std::uint64_t>(fraction * static_cast<double>(d.facts.size));
       sample(d.progress, done, d.facts.size, d.sampled);
       d.progress.ready = done >= d.facts.size;
     }
