@@ -101,6 +101,12 @@ std::vector<CheckResult> evaluate_libvirt_checks(const LibvirtCheckInputs& in) {
     add("domain", Verdict::fail,
         fmt::format("domain '{}' is not running: a live migration needs a running domain",
                     in.domain));
+  } else if (in.domain_job_active) {
+    add("domain", Verdict::fail,
+        fmt::format("'{}' already has a job running (another migration?): wait for it, or end it "
+                    "with `virsh domjobabort {}`; a killed migrate's job ends by itself within "
+                    "seconds",
+                    in.domain, in.domain));
   } else {
     add("domain", Verdict::pass, fmt::format("'{}' is running", in.domain));
   }

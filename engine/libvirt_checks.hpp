@@ -37,6 +37,7 @@ struct LibvirtCheckInputs {
   std::string domain;
   bool domain_found = false;
   bool domain_running = false;
+  bool domain_job_active = false;  // libvirt runs a job on the domain (another migration, ...)
   std::string domain_error;
   std::vector<LibvirtDiskFacts> disks;
   std::string disks_error;  // the disks could not be listed (or none is to be copied)

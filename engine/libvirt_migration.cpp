@@ -346,6 +346,7 @@ void LibvirtRun::run_checks() {
     dom_ = std::make_shared<libvirt::Domain>(*src_, o_.domain);
     in.domain_found = true;
     in.domain_running = dom_->state() == VIR_DOMAIN_RUNNING;
+    in.domain_job_active = dom_->job_stats().type != VIR_DOMAIN_JOB_NONE;
     in.disks = list_disks(in);
   } catch (const libvirt::Error& e) {
     if (!in.domain_found) {

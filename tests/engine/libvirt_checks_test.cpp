@@ -79,6 +79,15 @@ TEST(LibvirtChecks, AStoppedOrMissingDomainFails) {
   EXPECT_EQ(c->detail, "domain 'guest': not found");
 }
 
+TEST(LibvirtChecks, ADomainWithAJobRunningFails) {
+  auto in = good();
+  in.domain_job_active = true;
+  const auto r = evaluate_libvirt_checks(in);
+  const auto* c = find(r, "domain");
+  EXPECT_EQ(c->verdict, Verdict::fail);
+  EXPECT_NE(c->detail.find("virsh domjobabort guest"), std::string::npos) << c->detail;
+}
+
 TEST(LibvirtChecks, VersionsAreCompared) {
   auto in = good();
   in.dest.hypervisor_version = "6.2.0";
