@@ -221,6 +221,34 @@ TEST_F(MigrateLibvirt, AnAbortBySomeoneElseFailsCleanlyWithLibvirtsMessage) {
   EXPECT_TRUE(run_dirs_empty(*pair_));
 }
 
+// What management layers ask for (OpenStack's PERSIST_DEST | UNDEFINE_SOURCE): a persistent
+// domain ends defined on the destination only.
+TEST_F(MigrateLibvirt, PersistentAndUndefineSourceMoveTheDefinition) {
+  DomainSpec spec{"persist", 128, {{"sda", 16 * kMiB, 81}}};
+  for (const auto& d : spec.disks) {
+    pair_->source().create_image(LibvirtHost::disk_path(spec.name, d.target), d.size, d.seed);
+  }
+  const std::string xml_file = dir_.file("persist.xml");
+  std::ofstream(xml_file) << LibvirtHost::domain_xml(spec);
+  pair_->source().virsh({"define", xml_file});
+  pair_->source().virsh({"start", spec.name});
+  pair_->destination().create_disks(spec);
+  auto dest = start_dest(pair_->destination(), "dest-persist");
+  auto r = run_migrate(dir_, "migrate-persist",
+                       migrate_args(spec.name, dest.port,
+                                    {"--p2p", "--persistent", "--undefine-source", "--compressed"}),
+                       Seconds(120), src_prefix());
+  ASSERT_EQ(r.exit_code, 0) << describe(r.events) << r.stderr_text;
+  const std::string defined_dst =
+      pair_->destination().virsh({"list", "--all", "--persistent", "--name"});
+  const std::string defined_src = pair_->source().virsh({"list", "--all", "--name"});
+  EXPECT_NE(defined_dst.find(spec.name), std::string::npos) << defined_dst;
+  EXPECT_EQ(defined_src.find(spec.name), std::string::npos) << defined_src;
+  expect_moved(*pair_, spec);
+  pair_->destination().virsh({"undefine", spec.name});
+  EXPECT_TRUE(run_dirs_empty(*pair_));
+}
+
 // --xml gives the destination other disk paths (checked there, copied there), --dname a new name.
 TEST_F(MigrateLibvirt, DestinationXmlAndNameMoveTheDiskElsewhere) {
   DomainSpec spec{"xml-src", 128, {{"sda", 16 * kMiB, 61}}};
