@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 
 #include "tunnel/protocol.hpp"
 
@@ -101,6 +102,23 @@ std::optional<mode_t> parse_mode(const std::string& text, std::string& error) {
     return std::nullopt;
   }
   return static_cast<mode_t>(value);
+}
+
+std::optional<double> parse_number(const std::string& text, double lo, double hi,
+                                   std::string& error) {
+  double value = 0;
+  auto [end, ec] =
+      std::from_chars(text.data(), text.data() + text.size(), value, std::chars_format::general);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() ||
+      !std::isfinite(value)) {
+    error = fmt::format("'{}' is not a number", text);
+    return std::nullopt;
+  }
+  if (value < lo || value > hi) {
+    error = fmt::format("{} is not between {} and {}", text, lo, hi);
+    return std::nullopt;
+  }
+  return value;
 }
 
 }  // namespace nbdtunnel::engine

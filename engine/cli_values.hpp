@@ -20,5 +20,8 @@ std::optional<std::pair<std::string, std::string>> parse_disk(const std::string&
                                                               std::string& error);
 // An octal permission mode such as 0600.
 std::optional<mode_t> parse_mode(const std::string& text, std::string& error);
+// A finite decimal number in [lo, hi] ("nan", "inf", "1e999", "12abc" are refused).
+std::optional<double> parse_number(const std::string& text, double lo, double hi,
+                                   std::string& error);
 
 }  // namespace nbdtunnel::engine

@@ -215,4 +215,23 @@ const std::string& ControlServer::socket_path() const {
   return s_->path;
 }
 
+nlohmann::json query_migration_reply(std::string_view phase, std::string_view migration_id,
+                                     double bandwidth_mib, const std::vector<DiskProgress>& disks) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const DiskProgress& d : disks) {
+    nlohmann::json j = nlohmann::json::object();
+    j["disk"] = d.disk;
+    j["done"] = d.done;
+    j["total"] = d.total;
+    j["ready"] = d.ready;
+    rows.push_back(j);
+  }
+  nlohmann::json out = nlohmann::json::object();
+  out["phase"] = phase;
+  out["migration-id"] = migration_id;
+  out["bandwidth-mib-s"] = bandwidth_mib;
+  out["disks"] = rows;
+  return out;
+}
+
 }  // namespace nbdtunnel::engine

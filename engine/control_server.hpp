@@ -17,6 +17,10 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/progress.hpp"
 
 namespace nbdtunnel::engine {
 
@@ -56,5 +60,10 @@ class ControlServer {
  private:
   std::shared_ptr<State> s_;
 };
+
+// The reply to query-migration, the same for both engines: phase, id, bandwidth, and per disk
+// done/total/ready.
+nlohmann::json query_migration_reply(std::string_view phase, std::string_view migration_id,
+                                     double bandwidth_mib, const std::vector<DiskProgress>& disks);
 
 }  // namespace nbdtunnel::engine

@@ -145,13 +145,6 @@ std::uint64_t Domain::disk_capacity(const std::string& target) const {
   return info.capacity;
 }
 
-std::optional<std::pair<std::uint64_t, std::uint64_t>> Domain::block_job(
-    const std::string& target) const {
-  virDomainBlockJobInfo info{};
-  if (virDomainGetBlockJobInfo(dom_, target.c_str(), &info, 0) != 1) return std::nullopt;
-  return std::make_pair(static_cast<std::uint64_t>(info.cur), static_cast<std::uint64_t>(info.end));
-}
-
 JobStats Domain::job_stats() const {
   JobStats s;
   virTypedParameterPtr params = nullptr;

@@ -79,8 +79,6 @@ class Domain {
   int state() const;  // VIR_DOMAIN_RUNNING, ...
   std::string xml() const;
   std::uint64_t disk_capacity(const std::string& target) const;
-  // The block job copying `target` (cur, end), if one runs.
-  std::optional<std::pair<std::uint64_t, std::uint64_t>> block_job(const std::string& target) const;
   JobStats job_stats() const;
   void abort_job() const;
   void set_max_speed(unsigned long mib_per_s) const;

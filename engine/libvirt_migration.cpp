@@ -154,6 +154,8 @@ class LibvirtRun {
   std::atomic<bool> cancel_{false};
   std::string cancel_reason_;
   std::vector<DiskProgress> rows_;  // the latest progress, for query-migration
+  bool rows_fresh_ = false;         // rows_ not reported yet
+  bool memory_moving_ = false;
   double bandwidth_mib_ = 0;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
@@ -237,6 +239,8 @@ void LibvirtRun::open_sockets() {
       const std::string kind = name;
       auto acceptor = std::make_unique<tunnel::Acceptor>(
           *ring_, std::move(*fd), [this, kind, path](tunnel::Result<tunnel::unique_fd> c) {
+            spdlog::debug("{}: connection accepted ({})", path,
+                          c ? "ok" : c.error().code.message());
             if (!c || !link_->ready() || cancel_) return;  // closes *c
             // The destination libvirtd is reachable at once; the rest once prepared.
             const std::string target =
@@ -408,6 +412,8 @@ void LibvirtRun::prepare() {
   prepared_ = true;
 }
 
+// One sample of libvirt's job statistics into the progress rows, which the main thread reports.
+// On a thread of its own: libvirt may answer late while the migration holds the domain.
 void LibvirtRun::poll_progress() {
   libvirt::JobStats s;
   try {
@@ -417,16 +423,8 @@ void LibvirtRun::poll_progress() {
     return;
   }
   std::vector<DiskProgress> rows;
-  bool per_disk = false;
-  for (DiskRow& d : disks_) {
-    if (auto job = dom_->block_job(d.facts.target)) {
-      per_disk = true;
-      sample(d.progress, job->first, job->second, d.sampled);
-    }
-    d.progress.ready = d.progress.total > 0 && d.progress.done >= d.progress.total;
-  }
-  if (!per_disk && s.disk_total && *s.disk_total > 0 && !disks_.empty()) {
-    // No block job visible (finished, or not reported): share libvirt's totals out by size.
+  if (s.disk_total && *s.disk_total > 0) {
+    // libvirt counts all disks together: share the count out by size, in disk order.
     std::uint64_t left = s.disk_processed.value_or(0);
     for (DiskRow& d : disks_) {
       const std::uint64_t done = std::min(left, d.facts.size);
@@ -436,16 +434,19 @@ void LibvirtRun::poll_progress() {
     }
   }
   for (const DiskRow& d : disks_) rows.push_back(d.progress);
+  bool memory_moving = false;
   if (s.memory_total && *s.memory_total > 0) {
     sample(memory_.progress, s.memory_processed.value_or(0), *s.memory_total, memory_.sampled);
-    if (s.memory_bps && *s.memory_bps > 0)
+    if (s.memory_bps && *s.memory_bps > 0) {
       memory_.progress.rate_bps = static_cast<double>(*s.memory_bps);
+    }
     rows.push_back(memory_.progress);
-    if (memory_.progress.done > 0) set_phase("memory");
+    memory_moving = memory_.progress.done > 0;
   }
-  if (!rows.empty()) report_->progress(rows);
   std::lock_guard lock(mu_);
   rows_ = std::move(rows);
+  rows_fresh_ = true;
+  memory_moving_ = memory_moving;
 }
 
 // virDomainMigrate3 (direct) or virDomainMigrateToURI3 (--p2p), on a thread of its own: it
@@ -497,11 +498,36 @@ void LibvirtRun::perform() {
 // Reports progress until the migration call returns; turns a cancel or a lost channel into
 // virDomainAbortJob (the source keeps running).
 void LibvirtRun::watch(std::future<std::string>& performed) {
-  bool aborted = false;
+  std::atomic<bool> done{false};
+  std::thread poller([this, &done] {
+    while (!done) {
+      poll_progress();
+      for (int i = 0; i < 10 && !done; ++i) std::this_thread::sleep_for(50ms);
+    }
+  });
+  struct Join {
+    std::atomic<bool>& done;
+    std::thread& t;
+    ~Join() {
+      done = true;
+      t.join();
+    }
+  } join{done, poller};
+  bool aborted = false, abort_taken = false;
+  auto next_abort = std::chrono::steady_clock::now();
   std::string abort_reason;
   int abort_code = kMigrateFailed;
-  while (performed.wait_for(500ms) != std::future_status::ready) {
-    poll_progress();
+  while (performed.wait_for(100ms) != std::future_status::ready) {
+    std::vector<DiskProgress> rows;
+    bool memory = false;
+    {
+      std::lock_guard lock(mu_);
+      if (rows_fresh_) rows = rows_;
+      rows_fresh_ = false;
+      memory = memory_moving_;
+    }
+    if (memory) set_phase("memory");
+    if (!rows.empty()) report_->progress(rows);
     std::string why;
     int code = kMigrateFailed;
     if (cancel_) {
@@ -511,15 +537,20 @@ void LibvirtRun::watch(std::future<std::string>& performed) {
     } else if (link_lost_) {
       why = fmt::format("channel to {} lost", o_.link.dest.to_string());
     }
-    if (!why.empty() && !aborted) {
+    // Until libvirt takes the abort: between two of its phases there is no job to abort (and
+    // the run directory's listeners refuse new connections meanwhile, so the next phase fails).
+    const auto now = std::chrono::steady_clock::now();
+    if (!why.empty() && !abort_taken && now >= next_abort) {
+      if (!aborted) spdlog::info("aborting the migration job: {}", why);
       aborted = true;
       abort_reason = why;
       abort_code = code;
-      spdlog::info("aborting the migration job: {}", why);
+      next_abort = now + 1s;
       try {
         dom_->abort_job();
+        abort_taken = true;
       } catch (const libvirt::Error& e) {
-        spdlog::warn("{}", e.what());
+        spdlog::debug("{}", e.what());
       }
     }
   }
@@ -554,21 +585,8 @@ void LibvirtRun::cleanup(bool failed) {
 asio::awaitable<json> LibvirtRun::control(const std::string& command, const json& args) {
   if (command == "query-migration") {
     std::lock_guard lock(mu_);
-    json disks = json::array();
-    for (const DiskProgress& d : rows_) {
-      json j = json::object();
-      j["disk"] = d.disk;
-      j["done"] = d.done;
-      j["total"] = d.total;
-      j["ready"] = d.ready;
-      disks.push_back(j);
-    }
-    json out = json::object();
-    out["phase"] = phase_;
-    out["migration-id"] = o_.migration_id;
+    json out = query_migration_reply(phase_, o_.migration_id, bandwidth_mib_, rows_);
     out["domain"] = o_.domain;
-    out["bandwidth-mib-s"] = bandwidth_mib_;
-    out["disks"] = disks;
     co_return out;
   }
   if (command == "set-bandwidth") {

@@ -52,18 +52,29 @@ struct CommonOptions {
   std::string copy_mode = "splice";
 };
 
+// A finite number in [lo, hi]: CLI::Range lets "nan" through (every comparison with it is false).
+CLI::Validator number_in(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) {
+        std::string error;
+        if (!engine::parse_number(text, lo, hi, error)) return error;
+        return std::string();
+      },
+      fmt::format("NUMBER in [{} - {}]", lo, hi));
+}
+
 void add_common(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("--log-level", o.log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
       ->capture_default_str();
   cmd->add_option("--handshake-timeout", o.handshake_timeout,
                   "seconds a new channel may take to exchange HELLO before it is dropped")
-      ->check(CLI::Range(0.1, 3600.0))
+      ->check(number_in(0.1, 3600))
       ->capture_default_str();
   cmd->add_option("--keepalive-interval", o.keepalive_interval,
                   "seconds between keepalive PINGs on an idle channel; a peer silent for 6 "
                   "intervals is dropped")
-      ->check(CLI::Range(0.1, 3600.0))
+      ->check(number_in(0.1, 3600))
       ->capture_default_str();
   cmd->add_option("--window", o.window, "receive window per stream and direction, in bytes")
       ->check(CLI::Range(tunnel::kMinWindow, tunnel::kMaxWindow))
@@ -336,7 +347,7 @@ CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
   dest->add_option("--idle-timeout", a.idle_timeout,
                    "seconds a channel may stay open with no stream and no call before it is "
                    "closed (0: never)")
-      ->check(CLI::Range(0.0, 1e6))
+      ->check(number_in(0, 1e6))
       ->capture_default_str();
   add_tls_options(dest, a.tls, engine::TlsSide::dest);
   dest->add_option("--threads", a.threads,
@@ -564,7 +575,7 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
       ->add_option("--bandwidth", mo.bandwidth_mib,
                    "limit in MiB/s for all disks together (0 = unlimited); changeable live "
                    "with set-bandwidth on the control socket")
-      ->check(CLI::NonNegativeNumber);
+      ->check(number_in(0, 1e6));
   migrate->add_flag("--shallow", mo.shallow,
                     "copy only the top image (sync=top): the backing chain is already present at "
                     "the destination");
@@ -587,7 +598,7 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
   migrate
       ->add_option("--connect-timeout", a.connect_timeout,
                    "seconds to wait for the destination to answer")
-      ->check(CLI::Range(0.1, 600.0))
+      ->check(number_in(0.1, 600))
       ->capture_default_str();
   add_tls_options(migrate, a.tls, engine::TlsSide::source);
   add_common(migrate, a.common);

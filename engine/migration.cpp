@@ -65,6 +65,18 @@ struct DiskCopy {
   std::chrono::steady_clock::time_point sampled{};
 };
 
+// What this engine adds to the source QEMU is named kNamePrefix…; nothing else is.
+constexpr const char* kNamePrefix = "nbdtunnel-";
+
+// The migration id as it goes into node names: itself up to 16 characters, else 16 hex digits
+// of its FNV-1a hash.
+std::string name_tag(const std::string& id) {
+  if (id.size() <= 16) return id;
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : id) h = (h ^ c) * 1099511628211ull;
+  return fmt::format("{:016x}", h);
+}
+
 // blockdev-add arguments of a raw node showing the first `size` bytes of `file`. Not a coroutine:
 // see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.
 json raw_view_args(const std::string& node, const std::string& file, std::uint64_t size) {
@@ -82,12 +94,14 @@ class MigrationRun {
   MigrationRun(asio::io_context& io, tunnel::Ring& ring, MigrateOptions o,
                std::unique_ptr<ProgressReporter> reporter)
       : io_(io), ring_(ring), o_(std::move(o)), report_(std::move(reporter)), wake_(io) {
+    // Names carry the migration id (node names are at most 31 characters: a long id is hashed).
+    const std::string tag = name_tag(o_.migration_id);
     for (std::size_t i = 0; i < o_.disks.size(); ++i) {
       DiskCopy d;
       d.spec = o_.disks[i];
-      d.job_id = fmt::format("nbdtunnel-mirror-{}", i);
-      d.nbd_node = fmt::format("nbdtunnel-nbd-{}", i);
-      d.target_node = fmt::format("nbdtunnel-target-{}", i);
+      d.job_id = fmt::format("{}mirror-{}-{}", kNamePrefix, tag, i);
+      d.nbd_node = fmt::format("{}n-{}-{}", kNamePrefix, tag, i);
+      d.target_node = fmt::format("{}t-{}-{}", kNamePrefix, tag, i);
       disks_.push_back(std::move(d));
     }
   }
@@ -108,6 +122,7 @@ class MigrationRun {
 
  private:
   awaitable<void> connect_source();
+  awaitable<void> remove_leftovers();
   awaitable<void> connect_dest();
   awaitable<bool> run_checks();
   awaitable<void> prepare();
@@ -235,6 +250,45 @@ awaitable<void> MigrationRun::connect_source() {
                   fmt::format("source QMP {}: {}", o_.source_qmp, e.what()));
   }
   src_->on_event([this](const json& e) { on_qmp_event(e); });
+}
+
+// A migration whose engine died (SIGKILL, a crash) leaves its job and nodes in the source QEMU,
+// and they would block the next one. This engine holds the QMP monitor now (it serves one client
+// at a time, and nbdtunnel uses one engine per QEMU), so a job or node named like ours is such a
+// leftover: its jobs are cancelled, then the raw views go, then the NBD nodes under them.
+awaitable<void> MigrationRun::remove_leftovers() {
+  try {
+    std::vector<qmp::BlockJobInfo> jobs = co_await qmp::query_block_jobs(*src_);
+    bool cancelled = false;
+    for (const auto& j : jobs) {
+      if (j.id.rfind(kNamePrefix, 0) != 0) continue;
+      co_await qmp::block_job_cancel(*src_, j.id, true);
+      report_->info(fmt::format(
+          "cancelled job '{}' in the source QEMU, left by a migration that did not end", j.id));
+      cancelled = true;
+    }
+    for (int i = 0; cancelled && i < 100; ++i) {
+      jobs = co_await qmp::query_block_jobs(*src_);
+      cancelled = std::any_of(jobs.begin(), jobs.end(), [](const qmp::BlockJobInfo& j) {
+        return j.id.rfind(kNamePrefix, 0) == 0;
+      });
+      if (cancelled) co_await nap(100ms);
+    }
+    const std::vector<qmp::BlockNodeInfo> nodes = co_await qmp::query_named_block_nodes(*src_);
+    for (const char* driver : {"raw", "nbd"}) {
+      for (const auto& n : nodes) {
+        if (n.node_name.rfind(kNamePrefix, 0) != 0 || n.driver != driver) continue;
+        co_await qmp::blockdev_del(*src_, n.node_name);
+        report_->info(fmt::format(
+            "removed node '{}' from the source QEMU, left by a migration that did not end",
+            n.node_name));
+      }
+    }
+  } catch (const std::exception& e) {
+    throw Failure(
+        kMigrateFailed, "connect", "",
+        fmt::format("source QEMU: removing what an earlier migration left: {}", e.what()));
+  }
 }
 
 awaitable<void> MigrationRun::connect_dest() {
@@ -523,21 +577,16 @@ awaitable<void> MigrationRun::cleanup() {
 
 awaitable<json> MigrationRun::control(const std::string& command, const json& args) {
   if (command == "query-migration") {
-    json disks = json::array();
+    std::vector<DiskProgress> rows;
     for (const DiskCopy& d : disks_) {
-      json j = json::object();
-      j["disk"] = d.spec.node;
-      j["done"] = d.done;
-      j["total"] = d.total;
-      j["ready"] = d.ready;
-      disks.push_back(j);
+      DiskProgress p;
+      p.disk = d.spec.node;
+      p.done = d.done;
+      p.total = d.total;
+      p.ready = d.ready;
+      rows.push_back(p);
     }
-    json out = json::object();
-    out["phase"] = phase_;
-    out["migration-id"] = o_.migration_id;
-    out["bandwidth-mib-s"] = bandwidth_mib_;
-    out["disks"] = disks;
-    co_return out;
+    co_return query_migration_reply(phase_, o_.migration_id, bandwidth_mib_, rows);
   }
   if (command == "set-bandwidth") {
     if (!args.contains("mib-per-sec") || !args["mib-per-sec"].is_number() ||
@@ -588,6 +637,7 @@ awaitable<int> MigrationRun::run() {
       }
     }
     co_await connect_source();
+    co_await remove_leftovers();
     co_await connect_dest();
     co_await run_checks();
     if (o_.check_only) {

@@ -1,8 +1,9 @@
 // The command-line value parsers (engine/cli_values.hpp) on arbitrary text: --target, --forward,
-// --disk and --socket-mode. Each refuses with a message or returns parts that put back together
-// give the text again, within the limits the daemon relies on.
+// --disk, --socket-mode and the numbers (seconds, MiB/s). Each refuses with a message or returns
+// parts that put back together give the text again, within the limits the daemon relies on.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <string>
 
 #include "engine/cli_values.hpp"
@@ -51,6 +52,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(*m <= 0777);
     std::string again_error;
     FUZZ_CHECK(parse_mode(fmt::format("{:o}", *m), again_error) == m);
+  }
+  error.clear();
+  if (auto n = parse_number(text, 0.1, 3600, error); !refused(n, error)) {
+    FUZZ_CHECK(std::isfinite(*n) && *n >= 0.1 && *n <= 3600);
   }
   return 0;
 }

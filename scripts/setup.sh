@@ -15,9 +15,25 @@ PACKAGES=(
   qemu-system-x86 qemu-utils nbdkit libnbd-bin
   socat openssh-server openssh-client python3 procps iproute2
   linux-perf
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   dpkg-dev systemd groff-base
   clang-14 libclang-rt-14-dev
 )
+
+# The privileged libvirtd resolves its compiled-in QEMU user and group at start, even when
+# qemu.conf says root; libvirt-daemon-system would create them but also start a system daemon,
+# so tests/libvirt runs its own daemons and only the accounts are made here.
+ensure_libvirt_accounts() {
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+  local g
+  for g in kvm libvirt-qemu; do
+    getent group "$g" >/dev/null || $sudo groupadd --system "$g"
+  done
+  getent passwd libvirt-qemu >/dev/null ||
+    $sudo useradd --system --gid libvirt-qemu --groups kvm --no-create-home \
+      --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -28,6 +44,7 @@ done
 
 if ((${#missing[@]} == 0)); then
   echo "setup: all ${#PACKAGES[@]} packages present"
+  ensure_libvirt_accounts
   exit 0
 fi
 
@@ -37,4 +54,5 @@ echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+ensure_libvirt_accounts
 echo "setup: done"

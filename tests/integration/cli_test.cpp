@@ -66,5 +66,50 @@ TEST(Cli, BadArgumentsExit2) {
   }
 }
 
+// The libvirt role hands out a root-equivalent socket: never on a plain channel off loopback, and
+// on loopback only when asked with --insecure. The two migrate modes exclude each other. Numbers
+// are finite and in range.
+TEST(Cli, LibvirtRoleAndModeRulesExit2WithTheReason) {
+  TempDir dir;
+  struct Case {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  const std::vector<Case> cases = {
+      {{"dest", "--listen", "127.0.0.1:0", "--libvirt", "--no-tls"}, "needs TLS"},
+      {{"dest", "--listen", "0.0.0.0:0", "--libvirt", "--insecure"}, "--insecure is not enough"},
+      {{"dest", "--listen", "127.0.0.1:0", "--target", "a=/x", "--qemu-user", "root"},
+       "only with --libvirt"},
+      {{"dest", "--listen", "127.0.0.1:0", "--libvirt", "--insecure", "--qemu-user",
+        "no-such-user-here"},
+       "no user"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--source-qmp", "/x"}, "excludes"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--disk", "vda"}, "--migrate-disks"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--finish", "sync"},
+       "--source-qmp only"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--migrate-disks", "vda,../x"},
+       "not a disk target"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--xml", dir.file("none.xml")},
+       "cannot read"},
+      {{"migrate", "--dest", "127.0.0.1:1"}, "--source-qmp"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--bandwidth", "nan"},
+       "'nan' is not a number"},
+      {{"dest", "--listen", "127.0.0.1:0", "--target", "a=/x", "--idle-timeout", "inf"},
+       "'inf' is not a number"},
+      {{"dest", "--listen", "127.0.0.1:0", "--target", "a=/x", "--handshake-timeout", "0"},
+       "0 is not between 0.1 and 3600"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--source-qmp", "/x"}, "--disk"},
+  };
+  for (const auto& c : cases) {
+    std::string line;
+    for (const auto& a : c.args) line += a + " ";
+    auto r = run_nbdtunnel(dir, c.args);
+    EXPECT_EQ(r.code, 2) << "nbdtunnel " << line << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.says), std::string::npos)
+        << "nbdtunnel " << line << " should say '" << c.says << "':\n"
+        << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace nbdtunnel::testing

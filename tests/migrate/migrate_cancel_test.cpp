@@ -84,6 +84,34 @@ TEST(MigrateCancel, CancelBySigintLeavesBothSidesClean) {
   expect_cancelled_cleanly(dir, h, run);
 }
 
+// SIGKILL gives the engine no chance to clean up: its nodes stay in the source QEMU (named after
+// its migration id). The next run finds them, removes them, and migrates.
+TEST(MigrateCancel, AfterSigkillTheNextRunRemovesWhatTheDeadOneLeftAndMigrates) {
+  NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
+  TempDir dir;
+  Hosts h = start_hosts(dir);
+  {
+    MigrateRun run(dir, "migrate-killed",
+                   migrate_args(h.src, h.dest.port, {"disk0"},
+                                {"--json", "--bandwidth", kSlow, "--id", "killed-run"}));
+    ASSERT_TRUE(wait_copying(run));
+    run.process().kill();
+  }
+  EXPECT_FALSE(source_is_clean(h.src.qmp())) << "a killed run leaves its nodes";
+  auto again = run_migrate(dir, "migrate-again",
+                           migrate_args(h.src, h.dest.port, {"disk0"}, {"--json"}), Seconds(60));
+  EXPECT_EQ(again.exit_code, 0) << describe(again.events) << again.stderr_text;
+  bool told = false;
+  for (const auto& e : events_named(again.events, "info")) {
+    told |=
+        e.value("message", "").find("left by a migration that did not end") != std::string::npos;
+  }
+  EXPECT_TRUE(told) << describe(again.events);
+  EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("dst0.raw")));
+  EXPECT_TRUE(source_is_clean(h.src.qmp()));
+  EXPECT_TRUE(has_no_export(h.dst.qmp()));
+}
+
 TEST(MigrateCancel, CancelByControlSocketLeavesBothSidesClean) {
   NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
   TempDir dir;

@@ -111,14 +111,20 @@ TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
 }
 
 MigrateRun::MigrateRun(const TempDir& dir, const std::string& name,
-                       const std::vector<std::string>& args)
+                       const std::vector<std::string>& args,
+                       const std::vector<std::string>& prefix)
     : err_path_(dir.file(name + ".err")) {
   // Its private dir (the tunnel socket) inside `dir` too, for runs that are killed.
   // Appended piece by piece: GCC 12 at -O3 inlines `"literal" + std::string` into a false
   // -Wrestrict, which broke Release builds.
   std::string cmd = "TMPDIR=";
   cmd += sh_quote(dir.path().string());
-  cmd += " exec ";
+  cmd += " exec";
+  for (const auto& p : prefix) {
+    cmd += ' ';
+    cmd += sh_quote(p);
+  }
+  cmd += ' ';
   cmd += sh_quote(nbdtunnel_binary());
   cmd += " migrate";
   for (const auto& a : args) {
@@ -167,8 +173,9 @@ void MigrateRun::dump() const {
 }
 
 MigrateResult run_migrate(const TempDir& dir, const std::string& name,
-                          const std::vector<std::string>& args, Seconds timeout) {
-  MigrateRun run(dir, name, args);
+                          const std::vector<std::string>& args, Seconds timeout,
+                          const std::vector<std::string>& prefix) {
+  MigrateRun run(dir, name, args, prefix);
   auto code = run.wait_exit(timeout);
   if (!code)
     abort_test_binary(name + ": nbdtunnel migrate did not exit within " +

@@ -52,10 +52,12 @@ TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
                                 const std::vector<std::string>& extra_args = {});
 
 // One `nbdtunnel migrate` run. stdout goes to dir/<name>.out (the Process log), stderr to
-// dir/<name>.err, so that --json output can be checked line by line.
+// dir/<name>.err, so that --json output can be checked line by line. `prefix` comes before the
+// binary (e.g. nsenter into another mount namespace; it must exec, not fork).
 class MigrateRun {
  public:
-  MigrateRun(const TempDir& dir, const std::string& name, const std::vector<std::string>& args);
+  MigrateRun(const TempDir& dir, const std::string& name, const std::vector<std::string>& args,
+             const std::vector<std::string>& prefix = {});
   ~MigrateRun();
   MigrateRun(const MigrateRun&) = delete;
   MigrateRun& operator=(const MigrateRun&) = delete;
@@ -84,7 +86,8 @@ struct MigrateResult {
   std::string stderr_text;
 };
 MigrateResult run_migrate(const TempDir& dir, const std::string& name,
-                          const std::vector<std::string>& args, Seconds timeout = Seconds(60));
+                          const std::vector<std::string>& args, Seconds timeout = Seconds(60),
+                          const std::vector<std::string>& prefix = {});
 
 // migrate arguments up to the disks: --source-qmp SRC --dest 127.0.0.1:PORT --disk D...
 std::vector<std::string> migrate_args(const QemuHost& source, int dest_port,

@@ -18,6 +18,7 @@
 #include "engine/migration_protocol.hpp"
 #include "test_pki.hpp"
 #include "tests/integration/harness/files.hpp"
+#include "tests/integration/harness/sockets.hpp"
 #include "tests/migrate/migrate_harness.hpp"
 #include "tests/tunnel/raw_peer.hpp"
 
@@ -160,6 +161,82 @@ TEST(MigrateHostile, SecondChannelCannotTouchAMigrationItDidNotPrepare) {
   EXPECT_EQ(*code, 0) << describe(run.events()) << run.stderr_text();
   EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("dst0.raw")));
   EXPECT_TRUE(has_no_export(dst.qmp()));
+}
+
+// The libvirt role (`dest --libvirt`): a run directory belongs to the channel that prepared it.
+// Another channel can neither open its sockets nor finish it nor prepare its id again; no name
+// under migration/<id>/ other than memory and nbd resolves; bad images are refused by path; and
+// the directory goes when its channel does.
+TEST(MigrateHostile, LibvirtRunDirectoriesBelongToTheChannelThatPreparedThem) {
+  TempDir dir;
+  const std::string run_dir = dir.file("run");
+  std::filesystem::create_directory(run_dir);
+  const std::string image = dir.file("vm.raw");
+  make_zero_image(image, 16 * kMiB);
+  RawSocket libvirt = RawSocket::listen_unix(dir.file("libvirt.sock"));
+  auto dest = start_dest(dir, {},
+                         {"--libvirt", "--insecure", "--run-dir", run_dir, "--libvirt-socket",
+                          dir.file("libvirt.sock"), "--host-id", kDestHostId});
+  const auto open_proc = static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel);
+  const auto prepare_proc = engine::procedure_number(engine::MigrationProc::libvirt_prepare);
+  const auto finish_proc = engine::procedure_number(engine::MigrationProc::libvirt_finish);
+  auto open_body = [](const std::string& target) {
+    Bytes b;
+    tunnel::encode_open_tunnel(b, tunnel::OpenTunnel{target, 0});
+    return b;
+  };
+  Bytes prepare;
+  engine::encode_prepare(prepare, engine::Prepare{"lv-1", {{image, 16 * kMiB}}, 0});
+  Bytes finish;
+  engine::encode_finish(finish, engine::Finish{"lv-1", 0});
+  const std::string dir_of_migration = run_dir + "/lv-1";
+  {
+    RawPeer owner = connect_raw(dest.port);
+    ASSERT_TRUE(say_hello(owner));
+    EXPECT_EQ(refused(owner, prepare_proc, 3, prepare), "");
+    EXPECT_TRUE(std::filesystem::is_directory(dir_of_migration));
+
+    RawPeer hostile = connect_raw(dest.port);
+    ASSERT_TRUE(say_hello(hostile));
+    std::uint32_t hostile_serial = 1;
+    for (const char* name : {"memory", "nbd"}) {
+      EXPECT_NE(refused(hostile, open_proc, hostile_serial += 2,
+                        open_body("migration/lv-1/" + std::string(name)))
+                    .find("unknown target"),
+                std::string::npos)
+          << name;
+    }
+    EXPECT_NE(
+        refused(hostile, finish_proc, hostile_serial += 2, finish).find("no migration 'lv-1'"),
+        std::string::npos);
+    EXPECT_NE(refused(hostile, prepare_proc, hostile_serial += 2, prepare), "")
+        << "the same id prepared twice";
+    EXPECT_TRUE(std::filesystem::is_directory(dir_of_migration));
+
+    // Even the owner reaches nothing but the two sockets.
+    std::uint32_t serial = 5;
+    for (const char* target :
+         {"migration/lv-1/../../etc/passwd", "migration/lv-1/", "migration/lv-1/libvirt",
+          "migration/lv-1/nbd/x", "migration/lv-1", "migration//nbd"}) {
+      EXPECT_NE(refused(owner, open_proc, serial += 2, open_body(target)).find("unknown target"),
+                std::string::npos)
+          << target;
+    }
+    // The libvirt socket is reachable (this daemon's role), and images are checked by path.
+    EXPECT_EQ(refused(owner, open_proc, serial += 2, open_body("libvirt")), "");
+    Bytes bad;
+    engine::encode_prepare(
+        bad, engine::Prepare{"lv-2", {{image, 32 * kMiB}, {dir.file("missing.raw"), kMiB}}, 0});
+    const std::string why = refused(owner, prepare_proc, serial += 2, bad);
+    EXPECT_NE(why.find(image + " has 16777216 bytes"), std::string::npos) << why;
+    EXPECT_NE(why.find(dir.file("missing.raw") + " does not exist"), std::string::npos) << why;
+    EXPECT_FALSE(std::filesystem::exists(run_dir + "/lv-2"));
+  }
+  // The owner's channel is gone: so is its run directory.
+  for (int i = 0; i < 100 && std::filesystem::exists(dir_of_migration); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_of_migration)) << dest.process.log();
 }
 
 // The flood of point 9: idle connections, garbage senders and a channel flooding OPEN_TUNNEL, all
