@@ -36,23 +36,29 @@ void Admission::Ticket::release() {
   owner_ = nullptr;
 }
 
-tunnel::Result<Admission::Ticket> Admission::admit(const std::string& address) {
+tunnel::Result<Admission::Ticket> Admission::admit(const std::string& address,
+                                                   RefusalLimit* refused_by) {
   std::lock_guard lock(mutex_);
-  const auto refuse = [](std::string why) {
+  const auto refuse = [refused_by](RefusalLimit limit, std::string why) {
+    if (refused_by != nullptr) *refused_by = limit;
     return tunnel::Error{std::make_error_code(std::errc::too_many_files_open), std::move(why)};
   };
   if (channels_ >= limits_.max_channels) {
-    return refuse(fmt::format("{} channels are open, the limit (--max-channels)", channels_));
+    return refuse(RefusalLimit::channels,
+                  fmt::format("{} channels are open, the limit (--max-channels)", channels_));
   }
   if (handshakes_ >= limits_.max_handshakes) {
-    return refuse(fmt::format("{} connections are in their handshake, the limit (--max-handshakes)",
+    return refuse(RefusalLimit::handshakes,
+                  fmt::format("{} connections are in their handshake, the limit (--max-handshakes)",
                               handshakes_));
   }
   std::size_t& from_address = handshakes_by_address_[address];
   if (from_address >= limits_.max_handshakes_per_address) {
-    return refuse(fmt::format(
-        "{} connections from this address are in their handshake, the limit per address",
-        from_address));
+    return refuse(
+        RefusalLimit::handshakes_per_address,
+        fmt::format(
+            "{} connections from this address are in their handshake, the limit per address",
+            from_address));
   }
   ++from_address;
   ++handshakes_;

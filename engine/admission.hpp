@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "engine/metrics.hpp"
 #include "tunnel/result.hpp"
 
 namespace nbdtunnel::engine {
@@ -44,8 +45,9 @@ class Admission {
   Admission(const Admission&) = delete;
   Admission& operator=(const Admission&) = delete;
 
-  // A place for a new connection from address (an IP, no port), or why there is none.
-  tunnel::Result<Ticket> admit(const std::string& address);
+  // A place for a new connection from address (an IP, no port), or why there is none (and,
+  // if refused_by is given, which limit).
+  tunnel::Result<Ticket> admit(const std::string& address, RefusalLimit* refused_by = nullptr);
   const AdmissionLimits& limits() const { return limits_; }
   std::size_t channels() const;
 

@@ -185,4 +185,12 @@ void DestLibvirt::shutdown() {
   migrations_.clear();
 }
 
+std::vector<std::string> DestLibvirt::owned_by(const tunnel::Channel& channel) const {
+  std::vector<std::string> ids;
+  for (const auto& [id, m] : migrations_) {
+    if (m.owner == &channel) ids.push_back(id);
+  }
+  return ids;
+}
+
 }  // namespace nbdtunnel::engine

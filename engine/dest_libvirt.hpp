@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "engine/migration_protocol.hpp"
 #include "engine/run_dir.hpp"
@@ -51,6 +52,8 @@ class DestLibvirt {
                                      const std::string& target) const;
   void channel_closed(tunnel::Channel& channel);
   void shutdown();
+  // The ids of the migrations a channel prepared, for `nbdtunnel status`.
+  std::vector<std::string> owned_by(const tunnel::Channel& channel) const;
 
  private:
   struct Prepared {

@@ -337,4 +337,12 @@ void DestMigrations::shutdown(std::function<void()> done) {
   maybe_idle();
 }
 
+std::vector<std::string> DestMigrations::owned_by(const tunnel::Channel& channel) const {
+  std::vector<std::string> ids;
+  for (const auto& [id, m] : migrations_) {
+    if (m.owner == &channel) ids.push_back(id);
+  }
+  return ids;
+}
+
 }  // namespace nbdtunnel::engine

@@ -39,6 +39,8 @@ class DestMigrations {
   // Aborts every migration; done runs when all cleanup has finished.
   void shutdown(std::function<void()> done);
   bool idle() const { return migrations_.empty() && busy_ == 0; }
+  // The ids of the migrations a channel prepared, for `nbdtunnel status`.
+  std::vector<std::string> owned_by(const tunnel::Channel& channel) const;
 
  private:
   // What PREPARE created for one migration, so that FINISH removes exactly that.

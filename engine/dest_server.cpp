@@ -14,6 +14,12 @@ DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOpti
       migrations_(io, options_.qmp_path, options_.run_dir),
       libvirt_(options_.libvirt) {
   if (!options_.admission) options_.admission = std::make_shared<Admission>(AdmissionLimits{});
+  if (!options_.metrics) options_.metrics = std::make_shared<Metrics>();
+  options_.channel.counters = options_.metrics->traffic();
+}
+
+DestServer::~DestServer() {
+  if (options_.status) options_.status->detach(this);
 }
 
 bool DestServer::start(std::string& error) {
@@ -28,6 +34,8 @@ bool DestServer::start(std::string& error) {
       [this](tunnel::Result<tunnel::unique_fd> c) { on_accept(std::move(c)); });
   acceptor_->start();
   spdlog::info("listening on {}", bound_);
+  if (options_.status)
+    options_.status->attach(this, io_.get_executor(), [this] { return describe(); });
   for (const auto& [name, path] : options_.targets) {
     spdlog::info("target '{}' is {}", name, path);
   }
@@ -59,12 +67,15 @@ void DestServer::on_accept(tunnel::Result<tunnel::unique_fd> accepted) {
   }
   tunnel::unique_fd client = std::move(*accepted);
   const std::string peer = tunnel::peer_endpoint(client.get());
+  RefusalLimit limit{};
   tunnel::Result<Admission::Ticket> ticket =
-      options_.admission->admit(tunnel::peer_host(client.get()));
+      options_.admission->admit(tunnel::peer_host(client.get()), &limit);
   if (!ticket) {
+    options_.metrics->refused(limit);
     note_refusal(peer, ticket.error().message);
     return;  // the connection closes with client
   }
+  options_.metrics->connection_accepted();
   if (options_.tls) {
     start_tls(std::move(client), peer, std::move(*ticket));
     return;
@@ -87,6 +98,7 @@ void DestServer::start_tls(tunnel::unique_fd client, const std::string& peer,
     handshakes_.erase(*self);
     if (!r) {
       if (r.error().code != std::errc::operation_canceled) {
+        options_.metrics->handshake_failed(classify_tls_failure(r.error().code));
         note_refusal(peer, "TLS handshake failed: " + r.error().message);
       }
       maybe_stopped();
@@ -131,8 +143,12 @@ void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
   events.resolve_target = [this](const tunnel::Channel& ch, const std::string& name) {
     return resolve_target(ch, name);
   };
-  events.on_ready = [place](const tunnel::Hello&) { place->authenticated(); };
+  events.on_ready = [place, m = options_.metrics](const tunnel::Hello&) {
+    place->authenticated();
+    m->channel_opened();
+  };
   events.on_closed = [this, peer](tunnel::Channel& ch, const std::string& reason) {
+    options_.metrics->channel_ended(ch.hello_done(), reason);
     spdlog::info("channel from {} closed: {}", peer, reason);
     migrations_.channel_closed(ch);
     libvirt_.channel_closed(ch);
@@ -151,7 +167,7 @@ void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
                                                    tunnel::Channel::Role::responder, peer,
                                                    options_.channel, std::move(events));
   tunnel::Channel* raw = channel.get();
-  channels_.emplace(raw, Connection{std::move(channel), std::move(place)});
+  channels_.emplace(raw, Connection{std::move(channel), std::move(place), peer});
   raw->start();
 }
 

@@ -11,6 +11,8 @@
 #include "engine/admission.hpp"
 #include "engine/dest_libvirt.hpp"
 #include "engine/dest_migrations.hpp"
+#include "engine/metrics.hpp"
+#include "engine/status_board.hpp"
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
 #include "tunnel/ring.hpp"
@@ -30,23 +32,31 @@ struct DestOptions {
   std::shared_ptr<Admission> admission;        // the daemon's connection limits (all threads)
   std::shared_ptr<tunnel::TlsContext> tls;     // none: plain channels
   DestLibvirtOptions libvirt;                  // the libvirt role (`--libvirt`)
+  std::shared_ptr<Metrics> metrics;            // the daemon's counters (all threads); none: own
+  std::shared_ptr<StatusBoard> status;         // where this thread describes its channels
 };
 
 class DestServer {
  public:
   DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOptions options);
+  ~DestServer();
   // Binds and starts accepting; false with error filled if the port cannot be used.
   bool start(std::string& error);
   // Stops accepting and closes every channel; done runs once all I/O has finished.
   void stop(std::function<void()> done);
   // The address actually bound (port 0 resolved), valid after start().
   const std::string& bound() const { return bound_; }
+  // This thread's channels, their streams and migrations, for `nbdtunnel status`
+  // (engine/dest_report.cpp). On this server's thread.
+  nlohmann::json describe() const;
 
  private:
   // One accepted connection: its channel and its place among the daemon's connections.
   struct Connection {
     std::unique_ptr<tunnel::Channel> channel;
     std::shared_ptr<Admission::Ticket> ticket;
+    std::string peer;
+    std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
   };
 
   void on_accept(tunnel::Result<tunnel::unique_fd> accepted);

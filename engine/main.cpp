@@ -22,6 +22,8 @@
 
 #include "engine/channel_security.hpp"
 #include "engine/cli_values.hpp"
+#include "engine/config_file.hpp"
+#include "engine/dest_monitor.hpp"
 #include "engine/dest_server.hpp"
 #include "engine/domain_xml.hpp"
 #include "engine/host_identity.hpp"
@@ -30,6 +32,7 @@
 #include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
 #include "engine/source_forwarder.hpp"
+#include "engine/status_command.hpp"
 
 namespace {
 
@@ -252,6 +255,7 @@ struct DestArgs {
   bool libvirt = false;
   std::string libvirt_socket;
   std::string qemu_user;
+  engine::DestMonitorOptions monitor;
 };
 
 // Descriptors each open stream may hold: its local socket and, in splice mode, two pipes.
@@ -292,6 +296,12 @@ CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
       "socket (e.g. the destination QEMU's NBD server socket).");
   dest->add_option("--listen", a.listen, "HOST:PORT to listen on (port 0 picks a free port)")
       ->required();
+  dest->add_option("--control-socket", a.monitor.control_socket,
+                   "UNIX socket (mode 0600) that `nbdtunnel status` asks for this daemon's "
+                   "channels, streams and migrations");
+  dest->add_option("--metrics-listen", a.monitor.metrics_listen,
+                   "[HOST:]PORT to serve Prometheus metrics on (GET /metrics); a bare PORT is "
+                   "on 127.0.0.1, and any other host only when named here");
   dest->add_option("--target", a.targets,
                    "NAME=PATH: streams opened for NAME are connected to the UNIX socket PATH, "
                    "at the moment they open (PATH may appear later)");
@@ -419,6 +429,13 @@ int run_dest(DestArgs a) {
     a.run_dir = private_dir.path();
   }
   o.run_dir = a.run_dir;
+  engine::DestMonitor monitor(a.monitor);
+  if (!monitor.start(error)) {
+    spdlog::error("{}", error);
+    return kExitUsage;
+  }
+  o.metrics = monitor.metrics();
+  o.status = monitor.board();
   o.reuse_port = a.threads > 1;
   return run_role<engine::DestServer, engine::DestOptions>(
       std::move(o), a.threads, [](engine::DestOptions& next, const engine::DestServer& first) {
@@ -729,6 +746,9 @@ int main(int argc, char** argv) {
   CLI::App* dest = add_dest_command(app, dest_args);
   CLI::App* source = add_source_command(app, source_args);
   CLI::App* migrate = add_migrate_command(app, migrate_args);
+  engine::StatusArgs status_args;
+  CLI::App* status = engine::add_status_command(app, status_args);
+  engine::add_config_option(app, {dest, source});
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -737,5 +757,6 @@ int main(int argc, char** argv) {
   if (dest->parsed()) return run_dest(std::move(dest_args));
   if (source->parsed()) return run_source(source_args);
   if (migrate->parsed()) return run_migrate(std::move(migrate_args));
+  if (status->parsed()) return engine::run_status(status_args);
   return usage_error("no command given");
 }

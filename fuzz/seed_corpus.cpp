@@ -239,6 +239,18 @@ void endpoint() {
   }
 }
 
+void http_request() {
+  int i = 0;
+  for (const char* text :
+       {"GET /metrics HTTP/1.1\r\nHost: localhost:9649\r\nAccept: */*\r\n\r\n",
+        "GET /metrics HTTP/1.0\n\n", "HEAD /metrics?x=1 HTTP/1.0\r\n\r\n",
+        "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc", "GET / HTTP/1.1\r\n\r\n",
+        "GET /metrics HTTP/2.0\r\n\r\n", "GET /metrics HTTP/1.1\r\nHost\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: x"}) {
+    write("http_request", fmt::format("http_request{}", i++), text);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -257,6 +269,7 @@ int main(int argc, char** argv) {
     control_command();
     cli_values();
     endpoint();
+    http_request();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fuzz_seed_corpus: %s\n", e.what());
     return 1;

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs every build, test, demo, benchmark and fuzzing dependency of nbdtunnel on Debian 12.
+# (dpkg-dev packs the .deb and computes its Depends; systemd brings systemd-analyze, with which
+# tests/ops verifies the unit; groff-base renders the man page.)
 # (clang-14 builds the libFuzzer targets; libclang-rt-14-dev holds libFuzzer and the sanitizer
 # runtimes.)
 # Idempotent: packages already present are left alone and apt is not touched at all.
@@ -14,6 +16,7 @@ PACKAGES=(
   socat openssh-server openssh-client python3 procps iproute2
   linux-perf
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  dpkg-dev systemd groff-base
   clang-14 libclang-rt-14-dev
 )
 

@@ -350,6 +350,7 @@ void Channel::handle_open(const PacketHeader& h, std::span<const std::uint8_t> b
   }
   if (Status admitted = streams_.admit(h.serial); !admitted) {
     const bool limit = admitted.error().code == std::errc::too_many_files_open;
+    if (limit && config_.counters) TrafficCounters::add(config_.counters->refused_channel);
     reject(h, limit ? ErrorCode::limit : ErrorCode::protocol, admitted.error().message);
     return;
   }
@@ -363,6 +364,7 @@ void Channel::handle_open(const PacketHeader& h, std::span<const std::uint8_t> b
   }
   if (const auto& budget = config_.stream_budget) {
     if (!budget->try_acquire()) {
+      if (config_.counters) TrafficCounters::add(config_.counters->refused_daemon);
       spdlog::warn(
           "{}: refusing a stream to '{}': this daemon has {} streams open, its limit "
           "(--max-streams)",
@@ -492,6 +494,11 @@ void Channel::done(std::uint32_t serial) {
   if (budget_streams_.erase(serial) > 0) config_.stream_budget->release();
   streams_.release(serial);
   in_.stream_released(serial);
+}
+
+std::vector<const Stream*> Channel::open_streams() const {
+  const std::vector<Stream*> open = streams_.open_streams();
+  return {open.begin(), open.end()};
 }
 
 void Channel::send_packet(const PacketHeader& h, std::span<const std::uint8_t> body) {

@@ -15,6 +15,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tunnel/frame_reader.hpp"
 #include "tunnel/poster.hpp"
@@ -24,6 +25,7 @@
 #include "tunnel/stream_budget.hpp"
 #include "tunnel/stream_link.hpp"
 #include "tunnel/stream_table.hpp"
+#include "tunnel/traffic_counters.hpp"
 #include "tunnel/transport.hpp"
 #include "tunnel/write_queue.hpp"
 
@@ -48,6 +50,8 @@ struct ChannelConfig {
   // the kernel in both directions, when the transport can splice. false = copy: recv into
   // buffers, copy each payload into its stream's window, send from it.
   bool splice = true;
+  // Where the streams' traffic is counted (none: nowhere); shared by a daemon's channels.
+  std::shared_ptr<TrafficCounters> counters;
 };
 
 class Channel;
@@ -99,6 +103,10 @@ class Channel final : private StreamLink, private FrameSink {
 
   bool ready() const { return hello_done_ && !closing_; }
   bool closing() const { return closing_; }
+  // Whether HELLO was exchanged, even if the channel has closed since.
+  bool hello_done() const { return hello_done_; }
+  // The streams in the table now, for reports.
+  std::vector<const Stream*> open_streams() const;
   const Hello& peer_hello() const { return peer_hello_; }
 
  private:
@@ -133,6 +141,7 @@ class Channel final : private StreamLink, private FrameSink {
   void grant_credit(std::uint32_t serial, std::uint32_t bytes) override;
   void connected(std::uint32_t serial, const Status& result) override;
   void done(std::uint32_t serial) override;
+  TrafficCounters* counters() override { return config_.counters.get(); }
 
   void send_packet(const PacketHeader& h, std::span<const std::uint8_t> body = {});
   void arm_keepalive();

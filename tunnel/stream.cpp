@@ -43,6 +43,7 @@ void make_pipe(unique_fd& r, unique_fd& w, std::size_t size) {
 Stream::Stream(StreamLink& link, std::uint32_t serial, std::string target, std::string tag,
                unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice)
     : link_(link),
+      counters_(link.counters()),
       serial_(serial),
       target_(std::move(target)),
       tag_(std::move(tag)),
@@ -124,6 +125,7 @@ void Stream::on_connect(int res) {
 
 void Stream::start(std::uint32_t credit) {
   state_ = State::open;
+  if (counters_) TrafficCounters::add(counters_->streams_opened);
   // The pipes drain and fill by plain splice calls, which must not block.
   if (pipe_r_ || tx_pipe_r_) set_nonblocking(local_.get());
   tx_credit_ = credit;
@@ -160,6 +162,7 @@ void Stream::on_recv(int res) {
   }
   const auto got = static_cast<std::size_t>(res);
   bytes_to_peer_ += got;
+  if (counters_) TrafficCounters::add(counters_->bytes_sent, got);
   TxBuffer& buf = tx_[receiving_index_];
   buf.free = false;  // lent to the write queue
   write_prefix(buf.bytes.data(), stream_header(serial_, PacketStatus::cont), got);
@@ -197,6 +200,7 @@ void Stream::fill_pipe() {
     tx_credit_ -= got;
     tx_piped_ += got;
     bytes_to_peer_ += got;
+    if (counters_) TrafficCounters::add(counters_->bytes_sent, got);
     PipeLease lease(*this, tx_pipe_r_.get(), got);
     write_prefix(lease.prefix().data(), stream_header(serial_, PacketStatus::cont), got);
     link_.send_payload(std::move(lease));
@@ -236,6 +240,7 @@ void Stream::pipe_returned(std::size_t n) {
 
 void Stream::on_credit(std::uint32_t bytes) {
   if (state_ != State::open) return;
+  if (tx_credit_ == 0 && !local_eof_ && counters_) TrafficCounters::add(counters_->credit_stalls);
   tx_credit_ += bytes;
   arm_recv();
 }
@@ -387,6 +392,7 @@ void Stream::on_sent(int res) {
 void Stream::delivered(std::size_t n) {
   rx_used_ -= n;
   bytes_from_peer_ += n;
+  if (counters_) TrafficCounters::add(counters_->bytes_received, n);
   credit_owed_ += n;
   grant_credit();
 }
@@ -418,6 +424,7 @@ void Stream::maybe_finish() {
     spdlog::debug("{} finished: {} bytes to peer, {} bytes from peer", describe(), bytes_to_peer_,
                   bytes_from_peer_);
     state_ = State::closed;
+    if (counters_) TrafficCounters::add(counters_->streams_closed);
     close_local();
     link_.done(serial_);
   }
@@ -427,6 +434,7 @@ void Stream::abort(ErrorCode code, const std::string& reason, bool notify_peer) 
   if (state_ == State::closed) return;
   const bool was_open = state_ == State::open;
   state_ = State::closed;
+  if (was_open && counters_) TrafficCounters::add(counters_->streams_closed);
   if (was_open) spdlog::info("{} to target '{}' closed: {}", describe(), target_, reason);
   if (notify_peer) link_.send_error(serial_, make_error(code, reason));
   close_local();

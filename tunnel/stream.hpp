@@ -40,6 +40,8 @@ class Stream final : private TxOwner {
   const std::string& target() const { return target_; }
   const std::string& tag() const { return tag_; }
   State state() const { return state_; }
+  std::uint64_t bytes_sent() const { return bytes_to_peer_; }
+  std::uint64_t bytes_received() const { return bytes_from_peer_; }
 
   // Responder: connect the local socket to path; StreamLink::connected reports the outcome.
   void connect(const std::string& path);
@@ -92,6 +94,7 @@ class Stream final : private TxOwner {
   std::string describe() const;
 
   StreamLink& link_;
+  TrafficCounters* const counters_;  // link_.counters(): may be null
   const std::uint32_t serial_;
   const std::string target_;
   const std::string tag_;

@@ -11,6 +11,7 @@
 #include "tunnel/protocol.hpp"
 #include "tunnel/result.hpp"
 #include "tunnel/ring.hpp"
+#include "tunnel/traffic_counters.hpp"
 #include "tunnel/tx_lease.hpp"
 
 namespace nbdtunnel::tunnel {
@@ -33,6 +34,8 @@ class StreamLink {
   virtual void connected(std::uint32_t serial, const Status& result) = 0;
   // The stream has closed, or an operation of a closed stream finished: reap it once idle.
   virtual void done(std::uint32_t serial) = 0;
+  // Where the stream's traffic is counted (the daemon's metrics), or nowhere.
+  virtual TrafficCounters* counters() { return nullptr; }
 
  protected:
   ~StreamLink() = default;

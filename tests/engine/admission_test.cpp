@@ -73,5 +73,24 @@ TEST(Admission, AMovedTicketIsGivenBackOnce) {
   EXPECT_TRUE(a.admit("10.0.0.1"));
 }
 
+TEST(Admission, ARefusalSaysWhichLimitForTheMetrics) {
+  Admission a(limits(3, 2, 1));
+  RefusalLimit limit{};
+  auto t1 = a.admit("10.0.0.1", &limit);
+  ASSERT_TRUE(t1);
+  EXPECT_FALSE(a.admit("10.0.0.1", &limit));
+  EXPECT_EQ(limit, RefusalLimit::handshakes_per_address);
+  auto t2 = a.admit("10.0.0.2", &limit);
+  ASSERT_TRUE(t2);
+  EXPECT_FALSE(a.admit("10.0.0.3", &limit));
+  EXPECT_EQ(limit, RefusalLimit::handshakes);
+  t1->authenticated();
+  t2->authenticated();
+  auto t3 = a.admit("10.0.0.3", &limit);
+  ASSERT_TRUE(t3);
+  EXPECT_FALSE(a.admit("10.0.0.4", &limit));
+  EXPECT_EQ(limit, RefusalLimit::channels);
+}
+
 }  // namespace
 }  // namespace nbdtunnel::engine
