@@ -17,7 +17,7 @@ cd "$root"
 seconds=${1:-60}
 shift || true
 all_targets=(xdr packet protocol migration_protocol frame_steps json_lines control_command
-  cli_values endpoint http_request)
+  cli_values endpoint http_request domain_xml)
 targets=("${@:-${all_targets[@]}}")
 build_dir=${FUZZ_BUILD_DIR:-build-fuzz}
 cxx=${FUZZ_CXX:-clang++-14}
@@ -26,7 +26,7 @@ cxx=${FUZZ_CXX:-clang++-14}
 # of up to 64 KiB; the frame reader needs room for a few packets.
 max_len() {
   case $1 in
-    control_command) echo 65536 ;;
+    control_command | domain_xml) echo 65536 ;;
     frame_steps | packet | json_lines) echo 8192 ;;
     *) echo 4096 ;;
   esac
