@@ -14,7 +14,7 @@
 #   --size S                image size for W1-W3, e.g. 2G            (BENCH_SIZE, default 2G)
 #   --runs N --warmup N     measured / discarded runs                (BENCH_RUNS=3, BENCH_WARMUP=1)
 #   --workloads W1,W4       which workloads                          (BENCH_WORKLOADS)
-#   --transports LIST       direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm (BENCH_TRANSPORTS);
+#   --transports LIST       direct,naive-relay,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm (BENCH_TRANSPORTS);
 #                           also qemu-tcp, qemu-tls, nbdtunnel:default, nbdtunnel:<mode>, nbdtunnel-tls
 #   --modes copy,splice     nbdtunnel copy modes (default: read from `nbdtunnel dest --help`)
 #                                                                    (BENCH_MODES)
@@ -63,7 +63,8 @@ if command -v ccache >/dev/null; then
   export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$ROOT} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 fi
 cmake -S "$ROOT" -B "$BUILD" "${cmake_args[@]}" >/dev/null
-cmake --build "$BUILD" --target nbdtunnel nbd_latency bench_codec bench_copy -j"$JOBS"
+cmake --build "$BUILD" --target nbdtunnel nbd_latency naive_relay delay_line bench_codec bench_copy \
+  -j"$JOBS"
 
 mkdir -p "$RESULTS"
 stamp=$(date +%Y-%m-%dT%H%M)

@@ -28,7 +28,7 @@ import workloads as wl  # noqa: E402
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TRANSPORTS = "direct,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm"
+DEFAULT_TRANSPORTS = "direct,naive-relay,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm"
 TLS_TRANSPORTS = "direct,qemu-tcp,qemu-tls,nbdtunnel:default,nbdtunnel:copy,nbdtunnel-tls,ssh-aes128-gcm"
 
 
@@ -44,6 +44,9 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nbdtunnel", required=True, help="the nbdtunnel binary")
     p.add_argument("--latency-tool", required=True, help="bench/tools nbd_latency binary")
+    p.add_argument("--naive-relay", default=None,
+                   help="bench/tools naive_relay binary (the naive-relay transport; default: next "
+                        "to --latency-tool)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 256 MiB, W5 4 x 64 MiB, 1000 W4 requests, no warm-up, 1 run")
     p.add_argument("--tls", action="store_true",
@@ -171,6 +174,12 @@ def make_transports(a, workdir):
             t = tp.Nbdtunnel(a.nbdtunnel, mode, roles, extra, tls_dir=certs())
             t.name = "nbdtunnel-tls"
             out.append(t)
+        elif w == "naive-relay":
+            relay = a.naive_relay or str(Path(a.latency_tool).parent / "naive_relay")
+            if not Path(relay).exists():
+                skipped[w] = f"{relay} is not built (cmake --build ... --target naive_relay)"
+                continue
+            out.append(tp.NaiveRelay(relay))
         elif w == "qemu-tcp":
             out.append(tp.QemuTcp())
         elif w == "qemu-tls":

@@ -162,6 +162,41 @@ class Socat(Transport):
         self._procs = []
 
 
+class NaiveRelay(Transport):
+    """The calibration point: bench/tools/naive_relay on each side, a thread per direction, no
+    framing, no multiplexing (one TCP connection per NBD connection), blocking splice TCP -> UNIX
+    and read/write UNIX -> TCP. How far the framed engine is from the simplest thing that works."""
+
+    name = "naive-relay"
+    description = ("bench/tools/naive_relay: UNIX -> TCP 127.0.0.1 -> UNIX, one TCP connection per "
+                   "NBD connection, a thread per direction, splice TCP->UNIX, read/write UNIX->TCP")
+
+    def __init__(self, binary):
+        self.binary = binary
+        self._procs = []
+
+    def start(self, dst, rundir):
+        src_sock = str(Path(rundir) / "naive-src.sock")
+        port = free_port()
+        log = Path(rundir) / "naive-relay.log"
+        d = Proc([self.binary, "--tcp-listen", f"127.0.0.1:{port}", "--unix-connect", str(dst.path)],
+                 log)
+        self._procs.append(d)
+        wait_for_tcp_listen(port)
+        s = Proc([self.binary, "--unix-listen", src_sock, "--tcp-connect", f"127.0.0.1:{port}"], log)
+        self._procs.append(s)
+        wait_for_unix_socket(src_sock, proc=s)
+        return NbdAddress.unix(src_sock)
+
+    def relay_pids(self):
+        return [p.pid for p in self._procs]
+
+    def stop(self):
+        for p in reversed(self._procs):
+            p.stop()
+        self._procs = []
+
+
 class SshKeys:
     """A throwaway sshd identity: host key, user key, authorized_keys, all in one directory."""
 
