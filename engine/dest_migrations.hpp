@@ -15,16 +15,22 @@
 #include <string>
 #include <vector>
 
+#include "engine/dest_run_dir.hpp"
 #include "qmp/qmp_client.hpp"
 #include "tunnel/channel.hpp"
 
 namespace nbdtunnel::engine {
 
+// Removes one block export, dropping its clients, and waits until QEMU says it is gone.
+boost::asio::awaitable<void> remove_block_export(qmp::QmpClient& q, const std::string& id);
+
 class DestMigrations {
  public:
   // qmp_path: the destination QEMU's QMP socket ("" = PREPARE is refused).
-  // run_dir: a private directory for the NBD server sockets.
-  DestMigrations(boost::asio::io_context& io, std::string qmp_path, std::string run_dir);
+  // run_dir: the daemon's directory for the NBD server sockets and the record of what it
+  // creates in the QEMU (null with no --qmp).
+  DestMigrations(boost::asio::io_context& io, std::string qmp_path,
+                 std::shared_ptr<DestRunDir> run_dir);
   ~DestMigrations();
 
   // Serves a call the channel forwarded: PREPARE, FINISH, and ERROR (unsupported) to any other.
@@ -55,7 +61,6 @@ class DestMigrations {
   boost::asio::awaitable<void> finish(std::weak_ptr<bool> alive, tunnel::Channel* channel,
                                       tunnel::PacketHeader call, std::vector<std::uint8_t> body);
   boost::asio::awaitable<void> teardown(PreparedMigration m, std::string why);
-  boost::asio::awaitable<void> remove_export(qmp::QmpClient& q, const std::string& id);
   boost::asio::awaitable<void> start_server(qmp::QmpClient& q, std::string socket);
   boost::asio::awaitable<qmp::QmpClient*> client();
   void spawn(boost::asio::awaitable<void> work);
@@ -63,7 +68,7 @@ class DestMigrations {
 
   boost::asio::io_context& io_;
   std::string qmp_path_;
-  std::string run_dir_;
+  std::shared_ptr<DestRunDir> run_dir_;
   std::unique_ptr<qmp::QmpClient> qmp_;
   std::map<std::string, PreparedMigration> migrations_;
   int busy_ = 0;            // coroutines in flight
