@@ -1,8 +1,8 @@
 // Faults on the destination and source hosts during `nbdtunnel migrate`, each named after the
 // fault: the destination daemon killed and restarted (it removes what the dead one left in its
-// QEMU), a second daemon for the same QEMU, a killed libvirt-role daemon's run directories, the
-// source QEMU killed mid-copy. Each ends with a message that says what happened, and nothing left
-// behind.
+// QEMU), a second daemon for the same QEMU, a killed libvirt-role daemon's run directories,
+// either QEMU killed mid-copy, the destination disk full. Each ends with a message that says
+// what happened, and nothing left behind.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -206,6 +206,25 @@ TEST(MigrateFaults, LibvirtDestinationRemovesRunDirectoriesOfKilledRuns) {
   EXPECT_TRUE(std::filesystem::exists(run_dir + "/not-ours"));
 }
 
+TEST(MigrateFaults, DestinationQemuKilledMidCopyIsNamed) {
+  NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
+  TempDir dir;
+  Hosts h = start_hosts(dir);
+  auto dest = start_migration_dest(dir, h.dst);
+  MigrateRun run(dir, "migrate",
+                 migrate_args(h.src, dest.port, {"disk0"}, {"--json", "--bandwidth", kSlow}));
+  ASSERT_TRUE(wait_copying(run));
+  h.dst.qemu.process().kill();
+  const std::string message = failed_with(run, Seconds(60));
+  EXPECT_NE(message.find("disk0"), std::string::npos) << message;
+  EXPECT_NE(message.find("destination QEMU"), std::string::npos)
+      << "the error does not say the destination QEMU has gone: " << message;
+  EXPECT_TRUE(source_is_clean(h.src.qmp()));
+  EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("src0.orig")));
+  EXPECT_TRUE(dest.process.running());
+  EXPECT_TRUE(dest.process.wait_for_log("closed its QMP connection", Seconds(5)));
+}
+
 TEST(MigrateFaults, SourceQemuKilledMidCopyIsNamedAndTheDestinationCleans) {
   NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
   TempDir dir;
@@ -221,6 +240,36 @@ TEST(MigrateFaults, SourceQemuKilledMidCopyIsNamedAndTheDestinationCleans) {
   EXPECT_TRUE(exports_go(h.dst.qmp(), Seconds(10)));
   EXPECT_FALSE(nbd_server_running(h.dst.qmp()));
   EXPECT_TRUE(dest.process.running());
+}
+
+// The destination image lives on a 16 MiB tmpfs (in the destination QEMU's own mount namespace)
+// but is 64 MiB large: the copy runs out of space a quarter of the way.
+TEST(MigrateFaults, DestinationDiskFullIsNamed) {
+  NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon", "unshare");
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  TempDir dir;
+  make_random_image(dir.file("src0.raw"), kSize, 602);
+  const std::string full = dir.file("full");
+  std::filesystem::create_directory(full);
+  const std::string image = full + "/dst0.raw";
+  const std::string setup = "mount -t tmpfs -o size=16m nbdtunnel-test " + full +
+                            " && truncate -s " + std::to_string(kSize) + " " + image +
+                            " && exec \"$0\" \"$@\"";
+  auto src = start_storage_host(dir, "qsd-src", raw_disk_args("disk0", dir.file("src0.raw")));
+  auto dst = start_storage_host(dir, "qsd-dst", raw_disk_args("disk0", image),
+                                {"unshare", "-m", "--propagation", "private", "sh", "-c", setup});
+  auto dest = start_migration_dest(dir, dst);
+  auto r =
+      run_migrate(dir, "migrate", migrate_args(src, dest.port, {"disk0"}, {"--json"}), Seconds(60));
+  EXPECT_EQ(r.exit_code, 1) << describe(r.events) << r.stderr_text;
+  auto errors = events_named(r.events, "error");
+  ASSERT_FALSE(errors.empty()) << describe(r.events);
+  const std::string message = errors.front().value("message", "");
+  EXPECT_EQ(errors.front().value("disk", ""), "disk0") << errors.front().dump();
+  EXPECT_NE(message.find("destination disk 'disk0' is full"), std::string::npos) << message;
+  EXPECT_TRUE(source_is_clean(src.qmp()));
+  EXPECT_TRUE(exports_go(dst.qmp(), Seconds(10)));
+  EXPECT_FALSE(nbd_server_running(dst.qmp()));
 }
 
 }  // namespace
