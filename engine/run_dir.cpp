@@ -20,13 +20,10 @@ namespace nbdtunnel::engine {
 
 namespace {
 
-constexpr const char* kLockName = ".lock";
-
-// Opens (creating it if asked) and flocks `path`; an invalid descriptor if that fails or, with
-// `wait` false, a live process holds it.
-tunnel::unique_fd take_lock(const std::string& path, bool create, bool wait) {
-  const int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0);
-  tunnel::unique_fd fd(::open(path.c_str(), flags, 0600));
+// Opens and flocks the directory `path`; an invalid descriptor if that fails or, with `wait`
+// false, a live process holds it.
+tunnel::unique_fd take_lock(const std::string& path, bool wait) {
+  tunnel::unique_fd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) return fd;
   if (::flock(fd.get(), LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) return tunnel::unique_fd();
   return fd;
@@ -74,12 +71,11 @@ bool RunDir::create(const std::string& base, const std::string& id, FileOwner ow
     return false;
   }
   const std::string path = base + "/" + id;
-  const tunnel::unique_fd guard = take_lock(base + "/" + kLockName, true, true);
+  const tunnel::unique_fd guard = take_lock(base, true);
   std::error_code ec;
   if (std::filesystem::symlink_status(path, ec).type() != std::filesystem::file_type::not_found) {
     const bool dir = std::filesystem::is_directory(std::filesystem::symlink_status(path, ec));
-    if (dir && std::filesystem::exists(path + "/" + kLockName, ec) &&
-        !take_lock(path + "/" + kLockName, false, false)) {
+    if (dir && !take_lock(path, false)) {
       error = fmt::format("{} belongs to a migration of that id that is still running", path);
       return false;
     }
@@ -90,9 +86,9 @@ bool RunDir::create(const std::string& base, const std::string& id, FileOwner ow
     error = fmt::format("cannot create {}: {}", path, std::strerror(errno));
     return false;
   }
-  lock_ = take_lock(path + "/" + kLockName, true, false);
+  lock_ = take_lock(path, false);
   if (!lock_) {
-    error = fmt::format("cannot lock {}/{}: {}", path, kLockName, std::strerror(errno));
+    error = fmt::format("cannot lock {}: {}", path, std::strerror(errno));
     std::filesystem::remove_all(path, ec);
     return false;
   }
@@ -122,18 +118,15 @@ void RunDir::remove() {
 }
 
 std::size_t RunDir::remove_abandoned(const std::string& base) {
-  const tunnel::unique_fd guard = take_lock(base + "/" + kLockName, true, true);
+  const tunnel::unique_fd guard = take_lock(base, true);
   if (!guard) return 0;  // no run directory yet
   std::size_t removed = 0;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(base, ec)) {
     const std::string name = entry.path().filename().string();
-    // Only migration directories (a dot-name such as .qmp-* or .lock never is one) made by
-    // this version, which always have a lock file.
-    if (!valid_migration_id(name) || !entry.is_directory(ec) || entry.is_symlink(ec)) continue;
-    const std::string lock = entry.path().string() + "/" + kLockName;
-    if (!std::filesystem::exists(lock, ec)) continue;
-    const tunnel::unique_fd held = take_lock(lock, false, false);
+    // Only migration directories: a dot-name (such as a dest --qmp's .qmp-*) never is one.
+    if (!valid_migration_id(name) || entry.is_symlink(ec) || !entry.is_directory(ec)) continue;
+    const tunnel::unique_fd held = take_lock(entry.path().string(), false);
     if (!held) continue;  // a live migration's
     std::filesystem::remove_all(entry.path(), ec);
     if (ec) {

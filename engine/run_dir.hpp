@@ -3,9 +3,10 @@
 // migration's URIs live there, at the same path on both hosts. Created for one migration and
 // removed, with whatever QEMU left in it, when the migration ends however it ends.
 //
-// Who holds a directory: its creator keeps an flock on RUN_DIR/<id>/.lock for the migration's
-// life, so a process that dies (SIGKILL, a crash) lets go of it at once. Creating and sweeping
-// hold RUN_DIR/.lock meanwhile, so no sweep sees a directory between mkdir and its lock.
+// Who holds a directory: its creator keeps an flock on the directory RUN_DIR/<id> itself for
+// the migration's life, so a process that dies (SIGKILL, a crash) lets go of it at once.
+// Creating and sweeping hold an flock on RUN_DIR meanwhile, so no sweep sees a directory between
+// mkdir and its lock. No lock file: RUN_DIR holds nothing but migration directories.
 
 #include <sys/types.h>
 

@@ -82,20 +82,27 @@ TEST(RunDir, SweepRemovesOnlyDirectoriesNoLiveProcessHolds) {
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   ASSERT_EQ(WEXITSTATUS(status), 0);
   ASSERT_TRUE(fs::exists(base + "/dead"));
-  fs::create_directory(base + "/foreign");  // no lock file: not made by nbdtunnel
-  fs::create_directory(base + "/.qmp-0123456789abcdef");
+  fs::create_directory(base + "/.qmp-0123456789abcdef");  // never a migration id
+  fs::create_directory(s.path / "elsewhere");
+  fs::create_directory_symlink(s.path / "elsewhere", base + "/linked");
+  std::ofstream(base + "/m3") << "";
 
   EXPECT_EQ(RunDir::remove_abandoned(base), 1U);
   EXPECT_FALSE(fs::exists(base + "/dead"));
-  EXPECT_TRUE(fs::exists(base + "/live/.lock"));
-  EXPECT_TRUE(fs::exists(base + "/foreign"));
+  EXPECT_TRUE(fs::exists(base + "/live"));
   EXPECT_TRUE(fs::exists(base + "/.qmp-0123456789abcdef"));
+  EXPECT_TRUE(fs::exists(s.path / "elsewhere"));
+  EXPECT_TRUE(fs::is_symlink(base + "/linked"));
+  EXPECT_TRUE(fs::exists(base + "/m3"));
+  // Nothing but the migration directories: no lock file in RUN_DIR or in them.
+  EXPECT_FALSE(fs::exists(base + "/.lock"));
+  EXPECT_TRUE(fs::is_empty(base + "/live"));
 
   // A migration of the same id that still runs is not replaced.
   RunDir again;
   EXPECT_FALSE(again.create(base, "live", FileOwner{}, error));
   EXPECT_NE(error.find("still running"), std::string::npos) << error;
-  EXPECT_TRUE(fs::exists(base + "/live/.lock"));
+  EXPECT_TRUE(fs::exists(base + "/live"));
 }
 
 TEST(InspectImage, SizesRawByLengthAndQcow2ByHeader) {

@@ -193,17 +193,16 @@ TEST(MigrateFaults, SecondDestinationDaemonForTheSameQemuIsRefused) {
 TEST(MigrateFaults, LibvirtDestinationRemovesRunDirectoriesOfKilledRuns) {
   TempDir dir;
   const std::string run_dir = dir.file("run");
-  std::filesystem::create_directories(run_dir + "/dead-run");
-  std::ofstream(run_dir + "/dead-run/.lock") << "";  // its holder has gone
+  std::filesystem::create_directories(run_dir + "/dead-run");  // no live process holds it
   std::ofstream(run_dir + "/dead-run/memory.sock") << "";
-  std::filesystem::create_directories(run_dir + "/not-ours");
+  std::filesystem::create_directories(run_dir + "/.not-a-migration");
   const std::vector<std::string> args{"--libvirt", "--insecure",       "--run-dir",
                                       run_dir,     "--libvirt-socket", dir.file("no-libvirt.sock")};
   auto first = start_dest(dir, {}, args, 0, "dest-libvirt");
   EXPECT_TRUE(first.process.wait_for_log("removed \\S+/dead-run, left by a migration", Seconds(5)))
       << first.process.log();
   EXPECT_FALSE(std::filesystem::exists(run_dir + "/dead-run"));
-  EXPECT_TRUE(std::filesystem::exists(run_dir + "/not-ours"));
+  EXPECT_TRUE(std::filesystem::exists(run_dir + "/.not-a-migration"));
 }
 
 TEST(MigrateFaults, DestinationQemuKilledMidCopyIsNamed) {
