@@ -85,6 +85,7 @@ boost::asio::awaitable<qmp::QmpClient*> DestMigrations::client() {
     if (lost) {
       spdlog::warn("the destination QEMU closed its QMP connection ({}): has it stopped?",
                    qmp_path_);
+      ++qemu_generation_;
     }
     qmp_ = std::make_unique<qmp::QmpClient>(io_.get_executor());
     std::string failure;
@@ -152,6 +153,7 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
   m.owner = channel;
   try {
     qmp::QmpClient& q = *co_await client();
+    m.qemu_generation = qemu_generation_;
     PrepareResult result;
     result.qemu_version = q.qemu_version();
     const auto nodes = co_await qmp::query_named_block_nodes(q);
@@ -259,6 +261,13 @@ boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::
   spdlog::info("migration '{}': removing its exports ({})", m.id, why);
   try {
     qmp::QmpClient& q = *co_await client();
+    if (m.qemu_generation != qemu_generation_) {
+      // A QEMU at the same path now is another one: nothing of this migration is in it.
+      spdlog::info("migration '{}': nothing to remove, the QEMU it was prepared in has stopped",
+                   m.id);
+      m.export_ids.clear();
+      m.server_started = false;
+    }
     for (std::size_t i = 0; i < m.export_ids.size(); ++i) {
       std::string failure;
       try {
@@ -274,8 +283,9 @@ boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::
     // Reached QEMU: what is not removed now failed for a reason a successor would meet too.
     if (run_dir_) run_dir_->forget(m.id);
   } catch (const std::exception& e) {
-    // Kept in the record: the next daemon for this QEMU tries again.
     spdlog::warn("migration '{}': cleanup on {}: {}", m.id, qmp_path_, e.what());
+    // Kept in the record for the next daemon, unless that QEMU has stopped: it took them along.
+    if (run_dir_ && m.qemu_generation != qemu_generation_) run_dir_->forget(m.id);
   }
   ::unlink(m.socket.c_str());
 }

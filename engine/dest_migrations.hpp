@@ -54,6 +54,7 @@ class DestMigrations {
     std::string socket;
     std::vector<std::string> export_ids;
     bool server_started = false;
+    int qemu_generation = 0;  // the QEMU it was created in (see qemu_generation_)
   };
 
   boost::asio::awaitable<void> prepare(std::weak_ptr<bool> alive, tunnel::Channel* channel,
@@ -70,6 +71,9 @@ class DestMigrations {
   std::string qmp_path_;
   std::shared_ptr<DestRunDir> run_dir_;
   std::unique_ptr<qmp::QmpClient> qmp_;
+  // Counts QMP connections found closed: QEMU closes a monitor only when it exits, so what a
+  // migration of an older generation created is gone with that QEMU.
+  int qemu_generation_ = 0;
   std::map<std::string, PreparedMigration> migrations_;
   int busy_ = 0;            // coroutines in flight
   bool preparing_ = false;  // a PREPARE holds the destination QEMU (one migration at a time)

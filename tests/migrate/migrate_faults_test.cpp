@@ -222,6 +222,17 @@ TEST(MigrateFaults, DestinationQemuKilledMidCopyIsNamed) {
   EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("src0.orig")));
   EXPECT_TRUE(dest.process.running());
   EXPECT_TRUE(dest.process.wait_for_log("closed its QMP connection", Seconds(5)));
+  // What it had created went with that QEMU: its record is dropped, and a QEMU started anew at
+  // that path is not touched by a later daemon.
+  EXPECT_TRUE(dest.process.wait_for_log("migration '\\S+': removing its exports", Seconds(10)));
+  const std::string state = h.dst.tool_qmp + ".run/dest.state";
+  const auto deadline = std::chrono::steady_clock::now() + Seconds(5);
+  while (read_file(state).find("export ") != std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(std::filesystem::exists(state));
+  EXPECT_EQ(read_file(state).find("export "), std::string::npos) << read_file(state);
 }
 
 TEST(MigrateFaults, SourceQemuKilledMidCopyIsNamedAndTheDestinationCleans) {
