@@ -21,7 +21,7 @@ constexpr const char* kTargetPrefix = "migration/";
 }  // namespace
 
 DestMigrations::DestMigrations(boost::asio::io_context& io, std::string qmp_path,
-                               std::string run_dir)
+                               std::shared_ptr<DestRunDir> run_dir)
     : io_(io), qmp_path_(std::move(qmp_path)), run_dir_(std::move(run_dir)) {}
 
 DestMigrations::~DestMigrations() {
@@ -80,8 +80,26 @@ std::optional<std::string> DestMigrations::resolve(const tunnel::Channel& channe
 
 boost::asio::awaitable<qmp::QmpClient*> DestMigrations::client() {
   if (!qmp_ || !qmp_->is_connected()) {
+    // QEMU closes a monitor connection only when it exits: say so, not just "connection refused".
+    const bool lost = qmp_ != nullptr;
+    if (lost) {
+      spdlog::warn("the destination QEMU closed its QMP connection ({}): has it stopped?",
+                   qmp_path_);
+      ++qemu_generation_;
+    }
     qmp_ = std::make_unique<qmp::QmpClient>(io_.get_executor());
-    co_await qmp_->connect(qmp_path_);
+    std::string failure;
+    try {
+      co_await qmp_->connect(qmp_path_);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    if (!failure.empty()) {
+      qmp_.reset();
+      if (!lost) throw std::runtime_error(failure);
+      throw std::runtime_error(fmt::format(
+          "it has stopped: it closed its QMP connection and accepts no new one ({})", failure));
+    }
     spdlog::info("connected to destination QEMU {} on {}", qmp_->qemu_version(), qmp_path_);
   }
   co_return qmp_.get();
@@ -135,6 +153,7 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
   m.owner = channel;
   try {
     qmp::QmpClient& q = *co_await client();
+    m.qemu_generation = qemu_generation_;
     PrepareResult result;
     result.qemu_version = q.qemu_version();
     const auto nodes = co_await qmp::query_named_block_nodes(q);
@@ -165,12 +184,15 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
         co_return;
       }
       if (alive.expired()) co_return;
-      m.socket = fmt::format("{}/nbd-{}.sock", run_dir_, m.id);
+      m.socket = fmt::format("{}/nbd-{}.sock", run_dir_->path(), m.id);
       ::unlink(m.socket.c_str());
+      // Recorded before it exists: a daemon that dies now leaves its successor the record.
+      run_dir_->record_server(m.id, m.socket);
       co_await start_server(q, m.socket);
       m.server_started = true;
       for (std::size_t i = 0; i < req.disks.size(); ++i) {
         const std::string export_id = fmt::format("nbdtunnel-{}-{}", m.id, i);
+        run_dir_->record_export(m.id, export_id);
         co_await qmp::block_export_add_nbd(q, export_id, req.disks[i].node, req.disks[i].node,
                                            true);
         m.export_ids.push_back(export_id);
@@ -196,6 +218,8 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
     if (m.server_started) {
       migrations_.erase(m.id);
       spawn(teardown(m, "PREPARE failed"));
+    } else if (!check_only && run_dir_) {
+      run_dir_->forget(m.id);  // nothing was created (or the server was someone else's)
     }
   }
 }
@@ -237,10 +261,17 @@ boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::
   spdlog::info("migration '{}': removing its exports ({})", m.id, why);
   try {
     qmp::QmpClient& q = *co_await client();
+    if (m.qemu_generation != qemu_generation_) {
+      // A QEMU at the same path now is another one: nothing of this migration is in it.
+      spdlog::info("migration '{}': nothing to remove, the QEMU it was prepared in has stopped",
+                   m.id);
+      m.export_ids.clear();
+      m.server_started = false;
+    }
     for (std::size_t i = 0; i < m.export_ids.size(); ++i) {
       std::string failure;
       try {
-        co_await remove_export(q, m.export_ids[i]);
+        co_await remove_block_export(q, m.export_ids[i]);
       } catch (const std::exception& e) {
         failure = e.what();
       }
@@ -249,16 +280,18 @@ boost::asio::awaitable<void> DestMigrations::teardown(PreparedMigration m, std::
       }
     }
     if (m.server_started) co_await qmp::nbd_server_stop(q);
+    // Reached QEMU: what is not removed now failed for a reason a successor would meet too.
+    if (run_dir_) run_dir_->forget(m.id);
   } catch (const std::exception& e) {
     spdlog::warn("migration '{}': cleanup on {}: {}", m.id, qmp_path_, e.what());
+    // Kept in the record for the next daemon, unless that QEMU has stopped: it took them along.
+    if (run_dir_ && m.qemu_generation != qemu_generation_) run_dir_->forget(m.id);
   }
   ::unlink(m.socket.c_str());
 }
 
-// Removes one block export, dropping its clients, and waits until QEMU says it is gone.
 // Arguments are named locals: see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.
-boost::asio::awaitable<void> DestMigrations::remove_export(qmp::QmpClient& q,
-                                                           const std::string& id) {
+boost::asio::awaitable<void> remove_block_export(qmp::QmpClient& q, const std::string& id) {
   nlohmann::json args = nlohmann::json::object();
   args["id"] = id;
   args["mode"] = "hard";
@@ -314,7 +347,7 @@ boost::asio::awaitable<void> DestMigrations::start_server(qmp::QmpClient& q, std
   }
   spdlog::warn("removing {} export(s) and the NBD server left by a previous nbdtunnel dest",
                ids.size());
-  for (std::size_t i = 0; i < ids.size(); ++i) co_await remove_export(q, ids[i]);
+  for (std::size_t i = 0; i < ids.size(); ++i) co_await remove_block_export(q, ids[i]);
   co_await qmp::nbd_server_stop(q);
   co_await qmp::nbd_server_start_unix(q, std::move(path));
 }

@@ -15,16 +15,22 @@
 #include <string>
 #include <vector>
 
+#include "engine/dest_run_dir.hpp"
 #include "qmp/qmp_client.hpp"
 #include "tunnel/channel.hpp"
 
 namespace nbdtunnel::engine {
 
+// Removes one block export, dropping its clients, and waits until QEMU says it is gone.
+boost::asio::awaitable<void> remove_block_export(qmp::QmpClient& q, const std::string& id);
+
 class DestMigrations {
  public:
   // qmp_path: the destination QEMU's QMP socket ("" = PREPARE is refused).
-  // run_dir: a private directory for the NBD server sockets.
-  DestMigrations(boost::asio::io_context& io, std::string qmp_path, std::string run_dir);
+  // run_dir: the daemon's directory for the NBD server sockets and the record of what it
+  // creates in the QEMU (null with no --qmp).
+  DestMigrations(boost::asio::io_context& io, std::string qmp_path,
+                 std::shared_ptr<DestRunDir> run_dir);
   ~DestMigrations();
 
   // Serves a call the channel forwarded: PREPARE, FINISH, and ERROR (unsupported) to any other.
@@ -50,6 +56,7 @@ class DestMigrations {
     std::string socket;
     std::vector<std::string> export_ids;
     bool server_started = false;
+    int qemu_generation = 0;  // the QEMU it was created in (see qemu_generation_)
   };
 
   boost::asio::awaitable<void> prepare(std::weak_ptr<bool> alive, tunnel::Channel* channel,
@@ -57,7 +64,6 @@ class DestMigrations {
   boost::asio::awaitable<void> finish(std::weak_ptr<bool> alive, tunnel::Channel* channel,
                                       tunnel::PacketHeader call, std::vector<std::uint8_t> body);
   boost::asio::awaitable<void> teardown(PreparedMigration m, std::string why);
-  boost::asio::awaitable<void> remove_export(qmp::QmpClient& q, const std::string& id);
   boost::asio::awaitable<void> start_server(qmp::QmpClient& q, std::string socket);
   boost::asio::awaitable<qmp::QmpClient*> client();
   void spawn(boost::asio::awaitable<void> work);
@@ -65,8 +71,11 @@ class DestMigrations {
 
   boost::asio::io_context& io_;
   std::string qmp_path_;
-  std::string run_dir_;
+  std::shared_ptr<DestRunDir> run_dir_;
   std::unique_ptr<qmp::QmpClient> qmp_;
+  // Counts QMP connections found closed: QEMU closes a monitor only when it exits, so what a
+  // migration of an older generation created is gone with that QEMU.
+  int qemu_generation_ = 0;
   std::map<std::string, PreparedMigration> migrations_;
   int busy_ = 0;            // coroutines in flight
   bool preparing_ = false;  // a PREPARE holds the destination QEMU (one migration at a time)

@@ -11,7 +11,7 @@ DestServer::DestServer(boost::asio::io_context& io, tunnel::Ring& ring, DestOpti
     : io_(io),
       ring_(ring),
       options_(std::move(options)),
-      migrations_(io, options_.qmp_path, options_.run_dir),
+      migrations_(io, options_.qmp_path, options_.qmp_run_dir),
       libvirt_(options_.libvirt) {
   if (!options_.admission) options_.admission = std::make_shared<Admission>(AdmissionLimits{});
   if (!options_.metrics) options_.metrics = std::make_shared<Metrics>();
@@ -40,7 +40,8 @@ bool DestServer::start(std::string& error) {
     spdlog::info("target '{}' is {}", name, path);
   }
   if (!options_.qmp_path.empty()) {
-    spdlog::info("preparing migrations through QMP {}", options_.qmp_path);
+    spdlog::info("preparing migrations through QMP {}, run directory {}", options_.qmp_path,
+                 options_.qmp_run_dir ? options_.qmp_run_dir->path() : "(none)");
   }
   if (options_.libvirt.enabled) {
     spdlog::info("libvirt role: libvirt at {}, run directories in {}",

@@ -26,7 +26,7 @@ struct DestOptions {
   tunnel::Endpoint listen;
   std::map<std::string, std::string> targets;  // name → UNIX socket path
   std::string qmp_path;                        // destination QEMU's QMP socket, for PREPARE
-  std::string run_dir;                         // private directory for prepared NBD sockets
+  std::shared_ptr<DestRunDir> qmp_run_dir;     // NBD sockets and records (--qmp), all threads
   bool reuse_port = false;                     // several servers share the port (--threads)
   tunnel::ChannelConfig channel;               // its stream_budget is the daemon's stream limit
   std::shared_ptr<Admission> admission;        // the daemon's connection limits (all threads)

@@ -6,6 +6,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -24,13 +25,14 @@
 #include "engine/cli_values.hpp"
 #include "engine/config_file.hpp"
 #include "engine/dest_monitor.hpp"
+#include "engine/dest_recovery.hpp"
+#include "engine/dest_run_dir.hpp"
 #include "engine/dest_server.hpp"
 #include "engine/domain_xml.hpp"
 #include "engine/host_identity.hpp"
 #include "engine/libvirt_migration.hpp"
 #include "engine/migration.hpp"
 #include "engine/migration_protocol.hpp"
-#include "engine/private_dir.hpp"
 #include "engine/source_forwarder.hpp"
 #include "engine/status_command.hpp"
 
@@ -311,8 +313,11 @@ CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
   dest->add_option("--run-dir", a.run_dir,
                    "directory for the sockets of prepared migrations; with --libvirt the "
                    "rendezvous directory, the same on both hosts, where each migration gets "
-                   "RUN_DIR/<id>/ (default: /run/nbdtunnel with --libvirt, else a private "
-                   "temporary directory)");
+                   "RUN_DIR/<id>/ (default: /run/nbdtunnel with --libvirt). With --qmp (and no "
+                   "--libvirt) it also holds the record of what the daemon created in its QEMU, "
+                   "which the next daemon removes if this one dies; default: one directory per "
+                   "QMP socket, /run/nbdtunnel/.qmp-HASH as root, else "
+                   "$TMPDIR/nbdtunnel-dest-HASH; one daemon at a time holds it");
   dest->add_flag("--libvirt", a.libvirt,
                  "serve `nbdtunnel migrate --domain`: streams reach this host's libvirt daemon "
                  "and the sockets the destination QEMU creates in RUN_DIR/<id>/. Needs TLS "
@@ -414,21 +419,28 @@ int run_dest(DestArgs a) {
     o.libvirt.libvirt_socket =
         a.libvirt_socket.empty() ? engine::default_libvirt_socket() : a.libvirt_socket;
     o.libvirt.run_dir = a.run_dir.empty() ? engine::kDefaultRunDir : a.run_dir;
+    // Directories of migrations whose process was killed: no live process holds them.
+    engine::RunDir::remove_abandoned(o.libvirt.run_dir);
     auto owner = qemu_owner(a.qemu_user);
     if (!owner) return usage_error("--qemu-user: no user '" + a.qemu_user + "' on this host");
     o.libvirt.owner = *owner;
   } else if (!a.libvirt_socket.empty() || !a.qemu_user.empty()) {
     return usage_error("--libvirt-socket and --qemu-user apply only with --libvirt");
   }
-  engine::PrivateDir private_dir;
-  if (!a.qmp.empty() && a.run_dir.empty()) {
-    if (!private_dir.create("nbdtunnel-dest", error)) {
+  if (!a.qmp.empty()) {
+    // Found again by the next daemon for this QEMU: its records say what a dead one left.
+    const std::string qmp = engine::canonical_qmp_path(a.qmp);
+    const std::string dir = !a.run_dir.empty() && !a.libvirt
+                                ? a.run_dir
+                                : engine::default_dest_run_dir(qmp, ::geteuid() == 0);
+    auto run_dir = std::make_shared<engine::DestRunDir>();
+    if (!run_dir->open(dir, qmp, error)) {
       spdlog::error("{}", error);
-      return kExitFailed;
+      return kExitUsage;
     }
-    a.run_dir = private_dir.path();
+    engine::recover_dest_qemu(a.qmp, *run_dir, std::chrono::seconds(15));
+    o.qmp_run_dir = std::move(run_dir);
   }
-  o.run_dir = a.run_dir;
   engine::DestMonitor monitor(a.monitor);
   if (!monitor.start(error)) {
     spdlog::error("{}", error);

@@ -140,6 +140,7 @@ class MigrationRun {
   awaitable<json> control(const std::string& command, const json& args);
   void on_qmp_event(const json& event);
   void check_failures(const std::string& phase);
+  awaitable<std::string> destination_diagnosis();
   void set_phase(const std::string& p) {
     phase_ = p;
     report_->phase(p);
@@ -221,8 +222,15 @@ void MigrationRun::check_failures(const std::string& phase) {
   }
   for (const DiskCopy& d : disks_) {
     if (!d.error.empty()) {
+      // The mirror only writes to the target: no space is the destination's.
+      const std::string why = d.error.find("No space left on device") != std::string::npos
+                                  ? fmt::format(
+                                        "the destination disk '{}' is full ({}): free space on the "
+                                        "destination host or give it a larger image",
+                                        d.spec.dest_node, d.error)
+                                  : d.error;
       throw Failure(kMigrateFailed, phase, d.spec.node,
-                    fmt::format("mirror of '{}' failed: {}", d.spec.node, d.error));
+                    fmt::format("mirror of '{}' failed: {}", d.spec.node, why));
     }
     if (d.job_ended && phase != "completing") {
       throw Failure(kMigrateFailed, phase, d.spec.node,
@@ -234,6 +242,21 @@ void MigrationRun::check_failures(const std::string& phase) {
         kMigrateFailed, phase, "",
         fmt::format("channel to {} lost: {}", o_.dest.to_string(), link_->close_reason()));
   }
+}
+
+// After a disk failed: what the destination daemon says of its QEMU, as a sentence to append
+// ("" when all is well there). A mirror whose destination QEMU died reports only an I/O error.
+awaitable<std::string> MigrationRun::destination_diagnosis() {
+  if (!link_ || !link_->ready()) co_return "";
+  Prepare req;
+  req.migration_id = o_.migration_id;
+  req.flags = kPrepareCheckOnly;
+  for (const DiskCopy& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
+  std::vector<std::uint8_t> body;
+  encode_prepare(body, req);
+  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 10s);
+  if (r.ok) co_return "";
+  co_return "; the destination daemon reports: " + r.error;
 }
 
 awaitable<CallResult> MigrationRun::call(MigrationProc proc, std::vector<std::uint8_t> body,
@@ -625,6 +648,7 @@ awaitable<int> MigrationRun::run() {
   bandwidth_mib_ = o_.bandwidth_mib;
   int code = kMigrateDone;
   std::string result = "completed";
+  std::optional<Failure> failure;
   try {
     if (!o_.control_socket.empty()) {
       control_ = std::make_unique<ControlServer>(
@@ -656,17 +680,20 @@ awaitable<int> MigrationRun::run() {
     }
     co_await complete();
   } catch (const Failure& f) {
-    code = f.code;
-    result = code == kMigrateCancelled ? "cancelled" : "failed";
-    if (code == kMigrateCancelled) {
-      report_->error(f.phase, f.disk, "cancelled: " + std::string(f.what()));
-    } else {
-      report_->error(f.phase, f.disk, f.what());
-    }
+    failure.emplace(f);
   } catch (const std::exception& e) {
-    code = kMigrateFailed;
-    result = "failed";
-    report_->error(phase_, "", e.what());
+    failure.emplace(kMigrateFailed, phase_, "", e.what());
+  }
+  if (failure) {
+    code = failure->code;
+    result = code == kMigrateCancelled ? "cancelled" : "failed";
+    std::string message = failure->what();
+    if (code == kMigrateCancelled) {
+      message = "cancelled: " + message;
+    } else if (!failure->disk.empty()) {
+      message += co_await destination_diagnosis();
+    }
+    report_->error(failure->phase, failure->disk, message);
   }
   if (code != kMigrateDone) {
     set_phase("cancelling");

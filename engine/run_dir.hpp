@@ -2,11 +2,18 @@
 // A migration's rendezvous directory, RUN_DIR/<id>/: the UNIX sockets libvirt names in a
 // migration's URIs live there, at the same path on both hosts. Created for one migration and
 // removed, with whatever QEMU left in it, when the migration ends however it ends.
+//
+// Who holds a directory: its creator keeps an flock on the directory RUN_DIR/<id> itself for
+// the migration's life, so a process that dies (SIGKILL, a crash) lets go of it at once.
+// Creating and sweeping hold an flock on RUN_DIR meanwhile, so no sweep sees a directory between
+// mkdir and its lock. No lock file: RUN_DIR holds nothing but migration directories.
 
 #include <sys/types.h>
 
 #include <optional>
 #include <string>
+
+#include "tunnel/unique_fd.hpp"
 
 namespace nbdtunnel::engine {
 
@@ -33,8 +40,9 @@ class RunDir {
   RunDir(RunDir&& other) noexcept;
   RunDir& operator=(RunDir&& other) noexcept;
   ~RunDir();
-  // Creates `base` (0755) if absent and base/<id> (0700, owned by `owner` if set), replacing a
-  // directory of that name a dead run left. False with error filled on failure.
+  // Creates `base` (0755) if absent and base/<id> (0700, owned by `owner` if set), and holds it,
+  // replacing a directory of that name a dead run left; one a live process holds is refused.
+  // False with error filled on failure.
   bool create(const std::string& base, const std::string& id, FileOwner owner, std::string& error);
   const std::string& path() const { return path_; }
   std::string socket(const std::string& name) const { return path_ + "/" + name + ".sock"; }
@@ -42,10 +50,13 @@ class RunDir {
   void hand_over(const std::string& file) const;
   // Removes the directory and everything in it; idempotent.
   void remove();
+  // Removes every base/<id>/ no live process holds (left by a killed run); returns how many.
+  static std::size_t remove_abandoned(const std::string& base);
 
  private:
   std::string path_;
   FileOwner owner_;
+  tunnel::unique_fd lock_;
 };
 
 }  // namespace nbdtunnel::engine

@@ -251,6 +251,15 @@ void http_request() {
   }
 }
 
+void dest_state() {
+  write("dest_state", "two_exports",
+        "nbdtunnel-dest-state 1\nqmp /run/qemu/dst.qmp\n"
+        "server m1 /run/nbdtunnel/.qmp-0123456789abcdef/nbd-m1.sock\n"
+        "export m1 nbdtunnel-m1-0\nexport m1 nbdtunnel-m1-1\n");
+  write("dest_state", "empty_records", "nbdtunnel-dest-state 1\nqmp /q\n");
+  write("dest_state", "bad_id", "nbdtunnel-dest-state 1\nqmp /q\nexport ../x nbdtunnel-x\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -270,6 +279,7 @@ int main(int argc, char** argv) {
     cli_values();
     endpoint();
     http_request();
+    dest_state();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fuzz_seed_corpus: %s\n", e.what());
     return 1;

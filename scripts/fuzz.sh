@@ -17,7 +17,7 @@ cd "$root"
 seconds=${1:-60}
 shift || true
 all_targets=(xdr packet protocol migration_protocol frame_steps json_lines control_command
-  cli_values endpoint http_request domain_xml)
+  cli_values endpoint http_request domain_xml dest_state)
 targets=("${@:-${all_targets[@]}}")
 build_dir=${FUZZ_BUILD_DIR:-build-fuzz}
 cxx=${FUZZ_CXX:-clang++-14}

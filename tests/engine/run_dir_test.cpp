@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -60,6 +61,48 @@ TEST(RunDir, SaysWhyItCannotCreate) {
   std::string error;
   EXPECT_FALSE(dir.create("/proc/nonexistent/run", "m", FileOwner{}, error));
   EXPECT_NE(error.find("/proc/nonexistent/run"), std::string::npos) << error;
+}
+
+// A process killed with its migration prepared leaves its directory, no longer held: the next
+// sweep removes it, and only it.
+TEST(RunDir, SweepRemovesOnlyDirectoriesNoLiveProcessHolds) {
+  Scratch s;
+  const std::string base = (s.path / "run").string();
+  std::string error;
+  RunDir live;
+  ASSERT_TRUE(live.create(base, "live", FileOwner{}, error)) << error;
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    RunDir dead;
+    std::string e;
+    ::_exit(dead.create(base, "dead", FileOwner{}, e) ? 0 : 1);  // no destructor: as if killed
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_TRUE(fs::exists(base + "/dead"));
+  fs::create_directory(base + "/.qmp-0123456789abcdef");  // never a migration id
+  fs::create_directory(s.path / "elsewhere");
+  fs::create_directory_symlink(s.path / "elsewhere", base + "/linked");
+  std::ofstream(base + "/m3") << "";
+
+  EXPECT_EQ(RunDir::remove_abandoned(base), 1U);
+  EXPECT_FALSE(fs::exists(base + "/dead"));
+  EXPECT_TRUE(fs::exists(base + "/live"));
+  EXPECT_TRUE(fs::exists(base + "/.qmp-0123456789abcdef"));
+  EXPECT_TRUE(fs::exists(s.path / "elsewhere"));
+  EXPECT_TRUE(fs::is_symlink(base + "/linked"));
+  EXPECT_TRUE(fs::exists(base + "/m3"));
+  // Nothing but the migration directories: no lock file in RUN_DIR or in them.
+  EXPECT_FALSE(fs::exists(base + "/.lock"));
+  EXPECT_TRUE(fs::is_empty(base + "/live"));
+
+  // A migration of the same id that still runs is not replaced.
+  RunDir again;
+  EXPECT_FALSE(again.create(base, "live", FileOwner{}, error));
+  EXPECT_NE(error.find("still running"), std::string::npos) << error;
+  EXPECT_TRUE(fs::exists(base + "/live"));
 }
 
 TEST(InspectImage, SizesRawByLengthAndQcow2ByHeader) {

@@ -346,8 +346,9 @@ TEST(MigrateCancel, DestinationDaemonStoppedMidCopy) {
 
 // The destination daemon crashes mid-copy and is restarted on the same QEMU: the migration fails
 // (exit 1) with the source left clean, and the next migration through the restarted daemon
-// succeeds, because PREPARE removes the NBD server and nbdtunnel-* exports the crashed daemon
-// left in the destination QEMU; the copy is identical and no export remains afterwards.
+// succeeds, because the restarted daemon removes at start the NBD server and nbdtunnel-* exports
+// the crashed one recorded (migrate_faults_test looks closer); the copy is identical and no
+// export remains afterwards.
 TEST(MigrateCancel, DestinationDaemonRestartedAfterCrash) {
   NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
   TempDir dir;

@@ -56,12 +56,12 @@ std::vector<json> parse_lines(const std::string& text, bool report) {
 }  // namespace
 
 QemuHost start_storage_host(const TempDir& dir, const std::string& name,
-                            std::vector<std::string> args) {
+                            std::vector<std::string> args, const std::vector<std::string>& prefix) {
   const std::string tool = dir.file(name + "-tool.qmp");
   args.insert(args.begin(), {"--chardev", "socket,path=" + tool + ",server=on,wait=off,id=tool0",
                              "--monitor", "chardev=tool0"});
   // The second monitor exists once the first one greets: both are set up before the main loop.
-  return QemuHost{Qemu::storage_daemon(dir, name, args), tool};
+  return QemuHost{Qemu::storage_daemon(dir, name, args, prefix), tool};
 }
 
 QemuHost start_vm_host(const TempDir& dir, const std::string& name, std::vector<std::string> args) {
@@ -85,15 +85,19 @@ std::vector<std::string> qcow2_disk_args(const std::string& node, const std::str
 
 TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
                                 const std::string& host_id, const std::string& name,
-                                const std::vector<std::string>& extra_args) {
+                                const std::vector<std::string>& extra_args, bool default_run_dir) {
   std::vector<std::string> extra{"--qmp", host.tool_qmp};
+  if (!default_run_dir) {
+    extra.push_back("--run-dir");
+    extra.push_back(host.tool_qmp + ".run");
+  }
   extra.insert(extra.end(), extra_args.begin(), extra_args.end());
   if (!host_id.empty()) {
     extra.push_back("--host-id");
     extra.push_back(host_id);
   }
-  // The daemon's private run dir goes inside `dir`: a daemon killed with SIGKILL at the end of
-  // a test cannot remove it itself. TMPDIR is restored at once (the child has forked by then).
+  // A default run dir of an unprivileged daemon goes inside `dir` too. TMPDIR is restored at
+  // once (the child has forked by then).
   const char* old = std::getenv("TMPDIR");
   const std::optional<std::string> saved = old ? std::optional<std::string>(old) : std::nullopt;
   ::setenv("TMPDIR", dir.path().c_str(), 1);
@@ -111,8 +115,7 @@ TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
 }
 
 MigrateRun::MigrateRun(const TempDir& dir, const std::string& name,
-                       const std::vector<std::string>& args,
-                       const std::vector<std::string>& prefix)
+                       const std::vector<std::string>& args, const std::vector<std::string>& prefix)
     : err_path_(dir.file(name + ".err")) {
   // Its private dir (the tunnel socket) inside `dir` too, for runs that are killed.
   // Appended piece by piece: GCC 12 at -O3 inlines `"literal" + std::string` into a false

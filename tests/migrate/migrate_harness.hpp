@@ -32,9 +32,10 @@ struct QemuHost {
   qmp::BlockingQmp& qmp() { return qemu.qmp(); }
 };
 
-// qemu-storage-daemon with `args` and a second monitor.
+// qemu-storage-daemon with `args` and a second monitor; `prefix` as for Qemu::storage_daemon.
 QemuHost start_storage_host(const TempDir& dir, const std::string& name,
-                            std::vector<std::string> args);
+                            std::vector<std::string> args,
+                            const std::vector<std::string>& prefix = {});
 // qemu-system-x86_64 -machine none with `args` and a second monitor.
 QemuHost start_vm_host(const TempDir& dir, const std::string& name, std::vector<std::string> args);
 
@@ -45,11 +46,14 @@ std::vector<std::string> raw_disk_args(const std::string& node, const std::strin
 std::vector<std::string> qcow2_disk_args(const std::string& node, const std::string& path);
 
 // `nbdtunnel dest --listen 127.0.0.1:0 --qmp HOST.tool_qmp [--host-id ID]`; an empty host_id
-// leaves the default (this machine's id).
+// leaves the default (this machine's id). Its run directory is HOST.tool_qmp + ".run" (inside
+// `dir`, so that a daemon killed at the end of a test leaves nothing elsewhere), unless
+// `default_run_dir`: then the daemon picks its own (with TMPDIR = dir).
 TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
                                 const std::string& host_id = kDestHostId,
                                 const std::string& name = "dest",
-                                const std::vector<std::string>& extra_args = {});
+                                const std::vector<std::string>& extra_args = {},
+                                bool default_run_dir = false);
 
 // One `nbdtunnel migrate` run. stdout goes to dir/<name>.out (the Process log), stderr to
 // dir/<name>.err, so that --json output can be checked line by line. `prefix` comes before the

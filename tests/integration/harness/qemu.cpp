@@ -39,11 +39,15 @@ Qemu::~Qemu() {
 }
 
 Qemu Qemu::storage_daemon(const TempDir& dir, const std::string& name,
-                          const std::vector<std::string>& args) {
+                          const std::vector<std::string>& args,
+                          const std::vector<std::string>& prefix) {
   const std::string qmp_path = dir.file(name + ".qmp");
-  std::vector<std::string> argv{"qemu-storage-daemon", "--chardev",
-                                "socket,path=" + qmp_path + ",server=on,wait=off,id=qmp0",
-                                "--monitor", "chardev=qmp0"};
+  std::vector<std::string> argv = prefix;
+  for (std::string a : {std::string("qemu-storage-daemon"), std::string("--chardev"),
+                        "socket,path=" + qmp_path + ",server=on,wait=off,id=qmp0",
+                        std::string("--monitor"), std::string("chardev=qmp0")}) {
+    argv.push_back(std::move(a));
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   return Qemu(dir, name, std::move(argv), qmp_path);
 }

@@ -18,9 +18,11 @@ using json = nlohmann::json;
 // on dir/<name>.qmp, connected and negotiated. Destruction closes QMP, then kills the process.
 class Qemu {
  public:
-  // qemu-storage-daemon --chardev socket,...,id=qmp0 --monitor chardev=qmp0 ARGS...
+  // qemu-storage-daemon --chardev socket,...,id=qmp0 --monitor chardev=qmp0 ARGS...; `prefix`
+  // comes before the binary (e.g. unshare into another mount namespace; it must exec, not fork).
   static Qemu storage_daemon(const TempDir& dir, const std::string& name,
-                             const std::vector<std::string>& args);
+                             const std::vector<std::string>& args,
+                             const std::vector<std::string>& prefix = {});
   // qemu-system-x86_64 -machine none -accel tcg -nodefaults -display none -qmp ... ARGS...
   static Qemu system(const TempDir& dir, const std::string& name,
                      const std::vector<std::string>& args);
