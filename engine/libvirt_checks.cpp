@@ -111,6 +111,13 @@ std::vector<CheckResult> evaluate_libvirt_checks(const LibvirtCheckInputs& in) {
     add("domain", Verdict::pass, fmt::format("'{}' is running", in.domain));
   }
 
+  if (in.dest_name_taken) {
+    add("destination domain", Verdict::fail,
+        fmt::format("the destination already has a domain named '{}' (left by an earlier "
+                    "migration that is still being removed, or another one): remove it, or "
+                    "choose another name with --dname",
+                    in.dest_name));
+  }
   if (!in.disks_error.empty()) add("disks", Verdict::fail, in.disks_error);
   for (const LibvirtDiskFacts& d : in.disks) {
     const std::string name = "disk " + d.target;

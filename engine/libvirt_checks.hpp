@@ -39,6 +39,8 @@ struct LibvirtCheckInputs {
   bool domain_running = false;
   bool domain_job_active = false;  // libvirt runs a job on the domain (another migration, ...)
   std::string domain_error;
+  std::string dest_name;         // the domain's name on the destination (--dname or its own)
+  bool dest_name_taken = false;  // the destination already has a domain of that name
   std::vector<LibvirtDiskFacts> disks;
   std::string disks_error;  // the disks could not be listed (or none is to be copied)
   bool p2p = false;

@@ -222,6 +222,8 @@ void LibvirtRun::connect() {
 // RUN_DIR/<id>/ on this host with a listener per socket; each connection becomes a stream to the
 // destination's socket of the same name.
 void LibvirtRun::open_sockets() {
+  // Directories of runs that were killed: no live process holds them.
+  RunDir::remove_abandoned(o_.run_dir);
   std::string error;
   if (!run_dir_.create(o_.run_dir, o_.migration_id, o_.owner, error)) {
     throw Failure(kMigrateFailed, "connect", error);
@@ -338,6 +340,13 @@ void LibvirtRun::run_checks() {
     dst_ = std::make_unique<libvirt::Connection>("qemu+unix:///system?socket=" +
                                                  run_dir_.socket(kLibvirtSocket));
     in.dest = host_facts(*dst_);
+    in.dest_name = o_.dname.empty() ? o_.domain : o_.dname;
+    try {
+      libvirt::Domain there(*dst_, in.dest_name);
+      in.dest_name_taken = true;
+    } catch (const libvirt::Error&) {
+      // none: as it should be
+    }
   } catch (const libvirt::Error& e) {
     in.dest.error =
         fmt::format("the destination libvirtd did not answer through the channel: {}", e.what());

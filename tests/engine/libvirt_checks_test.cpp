@@ -88,6 +88,18 @@ TEST(LibvirtChecks, ADomainWithAJobRunningFails) {
   EXPECT_NE(c->detail.find("virsh domjobabort guest"), std::string::npos) << c->detail;
 }
 
+TEST(LibvirtChecks, ANameTakenOnTheDestinationFailsAndSuggestsDname) {
+  auto in = good();
+  in.dest_name = "guest";
+  in.dest_name_taken = true;
+  const auto r = evaluate_libvirt_checks(in);
+  const auto* c = find(r, "destination domain");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->verdict, Verdict::fail);
+  EXPECT_NE(c->detail.find("--dname"), std::string::npos) << c->detail;
+  EXPECT_EQ(find(evaluate_libvirt_checks(good()), "destination domain"), nullptr);
+}
+
 TEST(LibvirtChecks, VersionsAreCompared) {
   auto in = good();
   in.dest.hypervisor_version = "6.2.0";

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "test_pki.hpp"
@@ -192,6 +193,40 @@ TEST_F(MigrateLibvirt, CtrlCMidCopyLeavesTheSourceRunningAndTheNextRunWorks) {
                            Seconds(120), src_prefix());
   ASSERT_EQ(again.exit_code, 0) << describe(again.events) << again.stderr_text;
   expect_moved(*pair_, spec);
+}
+
+// SIGKILL gives migrate no chance to clean up: libvirt's job fails by itself once the tunnel's
+// sockets are gone (the checks name it meanwhile), the destination removes its run directory
+// with the channel, and the next run removes the source's and migrates.
+TEST_F(MigrateLibvirt, AfterSigkillTheNextRunCleansUpAndMigrates) {
+  DomainSpec spec{"killed", 128, {{"sda", 64 * kMiB, 91}}};
+  pair_->source().start_domain(spec);
+  pair_->destination().create_disks(spec);
+  auto dest = start_dest(pair_->destination(), "dest-killed");
+  {
+    MigrateRun run(dir_, "migrate-killed", migrate_args(spec.name, dest.port, {"--bandwidth", "4"}),
+                   src_prefix());
+    ASSERT_TRUE(run.wait_event([](const json& e) { return e.value("event", "") == "progress"; },
+                               Seconds(30)))
+        << run.stderr_text();
+    run.process().kill();
+  }
+  EXPECT_TRUE(has(pair_->source().domains(), spec.name)) << "the source keeps running";
+  MigrateResult again;
+  for (int attempt = 0; attempt < 15; ++attempt) {
+    again = run_migrate(dir_, "migrate-after-kill-" + std::to_string(attempt),
+                        migrate_args(spec.name, dest.port, {}), Seconds(120), src_prefix());
+    // 3: the killed run's job is still on the source, or its half-made domain still on the
+    // destination; libvirt removes both by itself.
+    if (again.exit_code != 3) break;
+    EXPECT_TRUE(verdict_of(again.events, "domain") == "fail" ||
+                verdict_of(again.events, "destination domain") == "fail")
+        << describe(again.events);
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
+  ASSERT_EQ(again.exit_code, 0) << describe(again.events) << again.stderr_text;
+  expect_moved(*pair_, spec);
+  EXPECT_TRUE(run_dirs_empty(*pair_)) << "the killed run's source directory stays";
 }
 
 // Someone else aborts the job (virsh domjobabort): the run fails with libvirt's own message, the
