@@ -631,7 +631,6 @@ int LibvirtRun::run() {
   }
   int code = kMigrateDone;
   std::string result = "completed";
-  std::string failed_phase;
   try {
     if (!o_.control_socket.empty()) {
       std::string failure;

@@ -126,6 +126,16 @@ class MigrationRun {
   awaitable<void> connect_dest();
   awaitable<bool> run_checks();
   awaitable<void> prepare();
+  // A PREPARE body for this migration's disks with `flags`.
+  std::vector<std::uint8_t> prepare_body(std::uint32_t flags) const {
+    Prepare req;
+    req.migration_id = o_.migration_id;
+    req.flags = flags;
+    for (const DiskCopy& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
+    std::vector<std::uint8_t> body;
+    encode_prepare(body, req);
+    return body;
+  }
   void open_tunnel_socket();
   awaitable<void> start_mirrors();
   awaitable<bool> wait_ready();
@@ -248,13 +258,7 @@ void MigrationRun::check_failures(const std::string& phase) {
 // ("" when all is well there). A mirror whose destination QEMU died reports only an I/O error.
 awaitable<std::string> MigrationRun::destination_diagnosis() {
   if (!link_ || !link_->ready()) co_return "";
-  Prepare req;
-  req.migration_id = o_.migration_id;
-  req.flags = kPrepareCheckOnly;
-  for (const DiskCopy& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
-  std::vector<std::uint8_t> body;
-  encode_prepare(body, req);
-  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 10s);
+  CallResult r = co_await call(MigrationProc::prepare, prepare_body(kPrepareCheckOnly), 10s);
   if (r.ok) co_return "";
   co_return "; the destination daemon reports: " + r.error;
 }
@@ -352,13 +356,7 @@ awaitable<bool> MigrationRun::run_checks() {
     }
     d.size = *size;
   }
-  Prepare req;
-  req.migration_id = o_.migration_id;
-  req.flags = kPrepareCheckOnly;
-  for (const DiskCopy& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
-  std::vector<std::uint8_t> body;
-  encode_prepare(body, req);
-  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 30s);
+  CallResult r = co_await call(MigrationProc::prepare, prepare_body(kPrepareCheckOnly), 30s);
   if (r.ok) {
     tunnel::Result<PrepareResult> pr = decode_prepare_result(r.body);
     if (!pr) {
@@ -389,12 +387,7 @@ awaitable<bool> MigrationRun::run_checks() {
 
 awaitable<void> MigrationRun::prepare() {
   set_phase("prepare");
-  Prepare req;
-  req.migration_id = o_.migration_id;
-  for (const DiskCopy& d : disks_) req.disks.push_back({d.spec.dest_node, d.size});
-  std::vector<std::uint8_t> body;
-  encode_prepare(body, req);
-  CallResult r = co_await call(MigrationProc::prepare, std::move(body), 60s);
+  CallResult r = co_await call(MigrationProc::prepare, prepare_body(0), 60s);
   if (!r.ok) throw Failure(kMigrateFailed, "prepare", "", "destination: " + r.error);
   tunnel::Result<PrepareResult> pr = decode_prepare_result(r.body);
   if (!pr || pr->target.empty()) {
