@@ -26,13 +26,9 @@ struct Hosts {
 };
 
 Hosts start_hosts(const TempDir& dir) {
-  make_random_image(dir.file("src0.raw"), kSize, 401);
-  std::filesystem::copy_file(dir.file("src0.raw"), dir.file("src0.orig"));
-  make_zero_image(dir.file("dst0.raw"), kSize);
-  auto src = start_storage_host(dir, "qsd-src", raw_disk_args("disk0", dir.file("src0.raw")));
-  auto dst = start_storage_host(dir, "qsd-dst", raw_disk_args("disk0", dir.file("dst0.raw")));
-  auto dest = start_migration_dest(dir, dst);
-  return Hosts{std::move(src), std::move(dst), std::move(dest)};
+  StorageHosts s = start_storage_hosts(dir, kSize, 401);
+  auto dest = start_migration_dest(dir, s.dst);
+  return Hosts{std::move(s.src), std::move(s.dst), std::move(dest)};
 }
 
 // Waits until the copy has visibly started (some bytes done, not in sync yet).

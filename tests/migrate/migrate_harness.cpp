@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <span>
@@ -14,6 +15,8 @@
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+
+#include "tests/integration/harness/files.hpp"
 
 namespace nbdtunnel::testing {
 namespace {
@@ -112,6 +115,15 @@ TunnelDest start_migration_dest(const TempDir& dir, const QemuHost& host,
     }
   } restore{saved};
   return start_dest(dir, {}, extra, 0, name);
+}
+
+StorageHosts start_storage_hosts(const TempDir& dir, std::uint64_t size, std::uint64_t seed) {
+  make_random_image(dir.file("src0.raw"), size, seed);
+  std::filesystem::copy_file(dir.file("src0.raw"), dir.file("src0.orig"));
+  make_zero_image(dir.file("dst0.raw"), size);
+  auto src = start_storage_host(dir, "qsd-src", raw_disk_args("disk0", dir.file("src0.raw")));
+  auto dst = start_storage_host(dir, "qsd-dst", raw_disk_args("disk0", dir.file("dst0.raw")));
+  return StorageHosts{std::move(src), std::move(dst)};
 }
 
 MigrateRun::MigrateRun(const TempDir& dir, const std::string& name,

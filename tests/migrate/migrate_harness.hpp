@@ -45,6 +45,15 @@ std::vector<std::string> raw_disk_args(const std::string& node, const std::strin
 // --blockdev options for a qcow2 image `path` (its backing chain opened from the header).
 std::vector<std::string> qcow2_disk_args(const std::string& node, const std::string& path);
 
+// The usual pair: qemu-storage-daemons "qsd-src" and "qsd-dst", each with node disk0 on a raw
+// image of `size` in dir (src0.raw random from `seed`, dst0.raw zeros; src0.orig a copy of
+// src0.raw, to show later that the source was not touched).
+struct StorageHosts {
+  QemuHost src;
+  QemuHost dst;
+};
+StorageHosts start_storage_hosts(const TempDir& dir, std::uint64_t size, std::uint64_t seed);
+
 // `nbdtunnel dest --listen 127.0.0.1:0 --qmp HOST.tool_qmp [--host-id ID]`; an empty host_id
 // leaves the default (this machine's id). Its run directory is HOST.tool_qmp + ".run" (inside
 // `dir`, so that a daemon killed at the end of a test leaves nothing elsewhere), unless

@@ -43,12 +43,9 @@ struct Link {
 };
 
 Link start_link(const TempDir& dir, std::uint64_t size) {
-  make_random_image(dir.file("src0.raw"), size, 901);
-  make_zero_image(dir.file("dst0.raw"), size);
-  auto src = start_storage_host(dir, "qsd-src", raw_disk_args("disk0", dir.file("src0.raw")));
-  auto dst = start_storage_host(dir, "qsd-dst", raw_disk_args("disk0", dir.file("dst0.raw")));
-  auto dest = start_migration_dest(dir, dst);
-  return Link{std::move(src), std::move(dst), std::move(dest)};
+  StorageHosts s = start_storage_hosts(dir, size, 901);
+  auto dest = start_migration_dest(dir, s.dst);
+  return Link{std::move(s.src), std::move(s.dst), std::move(dest)};
 }
 
 TEST(MigrateLink, TwentyMillisecondsOfJitteryRoundTripCompletes) {
