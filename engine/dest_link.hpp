@@ -1,7 +1,9 @@
 #pragma once
 // The engine's channel to `nbdtunnel dest`: TCP connect (bounded), the TLS handshake when
 // configured, HELLO, and calls of the engine's procedures with a timeout. Both migration engines
-// (QMP and libvirt) drive their destination through it. Runs on one io_context thread.
+// (QMP and libvirt) drive their destination through it. When the channel's connection is lost it
+// dials again (and again, with backoff) and resumes the channel until the destination's grace
+// period ends. Runs on one io_context thread.
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -33,6 +35,13 @@ struct DestUnreachable : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What the owner hears of a lost connection (on the io thread).
+struct DestLinkEvents {
+  std::function<void()> on_change;  // the channel became ready or closed
+  std::function<void(const std::string& reason)> on_lost;
+  std::function<void(double outage_s)> on_resumed;
+};
+
 struct CallResult {
   bool ok = false;
   std::vector<std::uint8_t> body;
@@ -41,9 +50,8 @@ struct CallResult {
 
 class DestLink {
  public:
-  // on_change runs (on the io thread) when the channel becomes ready or closes.
   DestLink(boost::asio::io_context& io, tunnel::Ring& ring, DestLinkOptions options,
-           std::function<void()> on_change);
+           DestLinkEvents events);
   DestLink(const DestLink&) = delete;
   DestLink& operator=(const DestLink&) = delete;
 
@@ -59,20 +67,27 @@ class DestLink {
   const std::string& close_reason() const { return close_reason_; }
   // Closes the channel if open; done() says when its I/O has finished.
   void close(const std::string& why);
-  bool done() const { return !channel_ || closed_; }
+  bool done() const { return (!channel_ || closed_) && !reconnecting_; }
   const DestLinkOptions& options() const { return o_; }
 
  private:
+  // TCP connect (within `timeout`) and the TLS handshake: a transport, or DestUnreachable.
+  boost::asio::awaitable<std::unique_ptr<tunnel::Transport>> dial(
+      std::chrono::milliseconds timeout);
   boost::asio::awaitable<std::unique_ptr<tunnel::Transport>> tls_handshake(tunnel::unique_fd fd);
   boost::asio::awaitable<void> nap(std::chrono::milliseconds d);
+  // Dials and resumes the detached channel until it is back or closed.
+  boost::asio::awaitable<void> reconnect();
 
   boost::asio::io_context& io_;
   tunnel::Ring& ring_;
   DestLinkOptions o_;
-  std::function<void()> on_change_;
+  DestLinkEvents events_;
   std::unique_ptr<tunnel::Channel> channel_;
   bool ready_ = false;
   bool closed_ = false;
+  bool reconnecting_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for reconnect()
   std::string close_reason_;
 };
 

@@ -156,6 +156,23 @@ void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
     channels_.erase(&ch);  // on_closed runs from a posted handler: destroying the channel is safe
     maybe_stopped();
   };
+  events.on_lost = [this, peer](tunnel::Channel&, const std::string& reason) {
+    options_.metrics->channel_lost();
+    spdlog::warn("channel from {}: connection lost ({}); keeping its streams for {} s", peer,
+                 reason, options_.channel.resume_timeout.count() / 1000.0);
+  };
+  events.on_resumed = [this, peer](tunnel::Channel&, std::chrono::steady_clock::duration outage) {
+    options_.metrics->channel_resumed();
+    spdlog::info("channel from {} resumed after {:.1f} s", peer,
+                 std::chrono::duration<double>(outage).count());
+  };
+  // Only this thread's channels: a RESUME that lands on another thread (--threads) is refused.
+  events.find_resumable = [this](const tunnel::ResumeRequest& request) -> tunnel::Channel* {
+    for (auto& [raw, connection] : channels_) {
+      if (raw->resumable() && raw->resume_id() == request.id) return raw;
+    }
+    return nullptr;
+  };
   events.on_call = [this](tunnel::Channel& ch, const tunnel::PacketHeader& call,
                           std::span<const std::uint8_t> body) {
     if (DestLibvirt::serves(call.procedure)) {

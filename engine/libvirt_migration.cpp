@@ -154,7 +154,9 @@ class LibvirtRun {
   std::atomic<bool> cancel_{false};
   std::string cancel_reason_;
   std::vector<DiskProgress> rows_;  // the latest progress, for query-migration
-  bool rows_fresh_ = false;         // rows_ not reported yet
+  std::vector<std::function<void(ProgressReporter&)>> link_news_;  // lost / resumed, to report
+  std::string link_reason_;                                        // why the channel closed
+  bool rows_fresh_ = false;                                        // rows_ not reported yet
   bool memory_moving_ = false;
   double bandwidth_mib_ = 0;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
@@ -208,9 +210,25 @@ void LibvirtRun::connect() {
   } catch (const libvirt::Error& e) {
     throw Failure(kMigrateUsage, "connect", fmt::format("source libvirt: {}", e.what()));
   }
-  link_ = std::make_unique<DestLink>(io_, *ring_, o_.link, [this] {
-    if (link_->closed()) link_lost_ = true;
-  });
+  DestLinkEvents events;
+  events.on_change = [this] {
+    if (!link_->closed()) return;
+    {
+      std::lock_guard lock(mu_);
+      link_reason_ = link_->close_reason();
+    }
+    link_lost_ = true;
+  };
+  // The reporter belongs to this thread: the io thread leaves the news for watch().
+  events.on_lost = [this](const std::string& reason) {
+    std::lock_guard lock(mu_);
+    link_news_.push_back([reason](ProgressReporter& r) { r.channel_lost(reason); });
+  };
+  events.on_resumed = [this](double outage) {
+    std::lock_guard lock(mu_);
+    link_news_.push_back([outage](ProgressReporter& r) { r.channel_resumed(outage); });
+  };
+  link_ = std::make_unique<DestLink>(io_, *ring_, o_.link, std::move(events));
   try {
     on_io(link_->connect());
   } catch (const DestUnreachable& e) {
@@ -531,12 +549,15 @@ void LibvirtRun::watch(std::future<std::string>& performed) {
   while (performed.wait_for(100ms) != std::future_status::ready) {
     std::vector<DiskProgress> rows;
     bool memory = false;
+    std::vector<std::function<void(ProgressReporter&)>> news;
     {
       std::lock_guard lock(mu_);
       if (rows_fresh_) rows = rows_;
       rows_fresh_ = false;
       memory = memory_moving_;
+      news.swap(link_news_);
     }
+    for (auto& n : news) n(*report_);
     if (memory) set_phase("memory");
     if (!rows.empty()) report_->progress(rows);
     std::string why;
@@ -546,7 +567,8 @@ void LibvirtRun::watch(std::future<std::string>& performed) {
       why = cancel_reason_;
       code = kMigrateCancelled;
     } else if (link_lost_) {
-      why = fmt::format("channel to {} lost", o_.link.dest.to_string());
+      std::lock_guard lock(mu_);
+      why = fmt::format("channel to {} lost: {}", o_.link.dest.to_string(), link_reason_);
     }
     // Until libvirt takes the abort: between two of its phases there is no job to abort (and
     // the run directory's listeners refuse new connections meanwhile, so the next phase fails).

@@ -103,6 +103,8 @@ tunnel::ChannelConfig channel_config(const CommonOptions& o) {
   c.host_id = o.host_id.empty() ? engine::machine_id() : o.host_id;
   c.hostname = engine::host_name();
   c.splice = o.copy_mode == "splice";
+  // An initiator asks for a resumable channel; `dest --resume-timeout` sets the responder's.
+  c.resume_timeout = std::chrono::seconds(30);
   return c;
 }
 
@@ -253,6 +255,7 @@ struct DestArgs {
   std::size_t max_streams = 0;  // 0: from the descriptor limit
   std::size_t max_channel_streams = 256;
   double idle_timeout = 600;
+  double resume_timeout = 30;
   engine::TlsArgs tls;
   bool libvirt = false;
   std::string libvirt_socket;
@@ -354,6 +357,12 @@ CLI::App* add_dest_command(CLI::App& app, DestArgs& a) {
                    "closed (0: never)")
       ->check(number_in(0, 1e6))
       ->capture_default_str();
+  dest->add_option("--resume-timeout", a.resume_timeout,
+                   "seconds a channel whose connection was lost keeps its streams (and the "
+                   "destination QEMU's connections) waiting for the source to reconnect and "
+                   "resume it; 0: channels are not resumable and close with their connection")
+      ->check(number_in(0, tunnel::kMaxResumeTimeoutMs / 1000.0))
+      ->capture_default_str();
   add_tls_options(dest, a.tls, engine::TlsSide::dest);
   dest->add_option("--threads", a.threads,
                    "threads, each with its own io_uring, serving channels (the kernel spreads "
@@ -384,6 +393,7 @@ int run_dest(DestArgs a) {
   o.channel = channel_config(a.common);
   o.channel.max_streams = a.max_channel_streams;
   o.channel.idle_timeout = std::chrono::milliseconds(static_cast<long>(a.idle_timeout * 1000));
+  o.channel.resume_timeout = std::chrono::milliseconds(static_cast<long>(a.resume_timeout * 1000));
   o.qmp_path = a.qmp;
   setup_logging(a.common.log_level);
   const std::size_t fd_limit = raise_fd_limit();

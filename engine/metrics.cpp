@@ -54,6 +54,7 @@ void Metrics::channel_ended(bool hello_done, const std::string& reason) {
     add(channels_closed_);
     return;
   }
+  if (reason == kHandedOver) return;  // a RESUME: the connection went on in its channel
   // tunnel/channel.cpp's handshake timer says "no HELLO within N ms".
   const bool timeout = reason.rfind("no HELLO within", 0) == 0;
   handshake_failed(timeout ? HandshakeFailure::timeout : HandshakeFailure::hello);
@@ -127,9 +128,12 @@ std::string Metrics::prometheus() const {
     const auto limit = static_cast<RefusalLimit>(i);
     sample(out, "nbdtunnel_refusals_total", "limit", to_string(limit), refusals(limit));
   }
+  family(out, "nbdtunnel_channel_losses_total", "counter",
+         "Connections lost under a resumable channel (which then waited to be resumed).");
+  sample(out, "nbdtunnel_channel_losses_total", get(losses_));
   family(out, "nbdtunnel_resumes_total", "counter",
-         "Channels resumed after a lost connection (resume is not implemented yet: always 0).");
-  sample(out, "nbdtunnel_resumes_total", 0);
+         "Channels resumed on a new connection after a lost one.");
+  sample(out, "nbdtunnel_resumes_total", get(resumes_));
   return out;
 }
 

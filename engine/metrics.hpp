@@ -41,6 +41,9 @@ HandshakeFailure classify_tls_failure(const std::error_code& code);
 
 class Metrics {
  public:
+  // tunnel::Channel's close reason for a connection that resumed another channel.
+  static constexpr const char* kHandedOver = "handed over to the channel it resumed";
+
   Metrics();
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
@@ -50,8 +53,11 @@ class Metrics {
 
   void connection_accepted() { add(accepted_); }
   void channel_opened() { add(channels_opened_); }  // HELLO done
-  // A channel closed: one that had opened, or a connection that failed before HELLO.
+  // A channel closed: one that had opened, or a connection that failed before HELLO (or, with
+  // reason kHandedOver, one that resumed another channel).
   void channel_ended(bool hello_done, const std::string& reason);
+  void channel_lost() { add(losses_); }
+  void channel_resumed() { add(resumes_); }
   void handshake_failed(HandshakeFailure cause) { add(failures_[static_cast<std::size_t>(cause)]); }
   // Connections refused on accept (channels, handshakes); streams are counted by the channels.
   void refused(RefusalLimit limit) { add(refusals_[static_cast<std::size_t>(limit)]); }
@@ -75,6 +81,8 @@ class Metrics {
   Counter accepted_{0};
   Counter channels_opened_{0};
   Counter channels_closed_{0};
+  Counter losses_{0};
+  Counter resumes_{0};
   std::array<Counter, kHandshakeFailures> failures_{};
   std::array<Counter, kRefusalLimits> refusals_{};
 };

@@ -325,7 +325,11 @@ awaitable<void> MigrationRun::connect_dest() {
   lo.channel = o_.channel;
   lo.tls = o_.tls;
   lo.tls_verify_host = o_.tls_verify_host;
-  link_ = std::make_unique<DestLink>(io_, ring_, std::move(lo), [this] { wake(); });
+  DestLinkEvents events;
+  events.on_change = [this] { wake(); };
+  events.on_lost = [this](const std::string& reason) { report_->channel_lost(reason); };
+  events.on_resumed = [this](double outage) { report_->channel_resumed(outage); };
+  link_ = std::make_unique<DestLink>(io_, ring_, std::move(lo), std::move(events));
   try {
     co_await link_->connect();
   } catch (const DestUnreachable& e) {

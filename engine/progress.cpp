@@ -70,10 +70,18 @@ class JsonReporter final : public ProgressReporter {
     emit("summary", {{"result", result},
                      {"bytes", bytes},
                      {"seconds", seconds},
-                     {"rate_mib_s", mib_per_s(static_cast<double>(bytes), seconds)}});
+                     {"rate_mib_s", mib_per_s(static_cast<double>(bytes), seconds)},
+                     {"channel_losses", losses_}});
   }
 
   void info(std::string_view message) override { emit("info", {{"message", message}}); }
+  void channel_lost(std::string_view reason) override {
+    ++losses_;
+    emit("channel-lost", {{"reason", reason}});
+  }
+  void channel_resumed(double outage_s) override {
+    emit("channel-resumed", {{"outage", outage_s}});
+  }
 
  private:
   struct Shown {
@@ -96,6 +104,7 @@ class JsonReporter final : public ProgressReporter {
   Clock clock_;
   TimePoint start_;
   std::map<std::string, Shown, std::less<>> shown_;
+  unsigned losses_ = 0;
 };
 
 // Columns of a terminal, or 80 when `out` is not one.
@@ -192,6 +201,12 @@ class TerminalReporter final : public ProgressReporter {
   }
 
   void info(std::string_view message) override { line(message); }
+  void channel_lost(std::string_view reason) override {
+    line(fmt::format("channel lost: {}; resuming", reason));
+  }
+  void channel_resumed(double outage_s) override {
+    line(fmt::format("channel resumed after {:.1f}s", outage_s));
+  }
 
  private:
   // "vda  [#####-----]  45.2%  512.0 MiB / 1.1 GiB  123.4 MiB/s  ETA 1m05s"; bar omitted if 0.

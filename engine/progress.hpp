@@ -60,6 +60,10 @@ class ProgressReporter {
   // result: "completed", "ready", "cancelled" or "failed".
   virtual void summary(std::string_view result, std::uint64_t bytes, double seconds) = 0;
   virtual void info(std::string_view message) = 0;
+  // The channel's connection was lost (the channel waits to be resumed), and it is back after
+  // `outage_s`. The summary counts the losses.
+  virtual void channel_lost(std::string_view reason) = 0;
+  virtual void channel_resumed(double outage_s) = 0;
 };
 
 const char* to_string(CheckResult::Verdict verdict);  // "pass", "warn", "fail"

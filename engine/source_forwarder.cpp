@@ -89,6 +89,7 @@ void SourceForwarder::on_connect(int res) {
       return;
     }
     spdlog::warn("cannot connect to {}: {}", options_.connect.to_string(), last_error_);
+    if (channel_) channel_->note_resume_failure(last_error_);
     schedule_reconnect();
     return;
   }
@@ -103,7 +104,10 @@ void SourceForwarder::on_connect(int res) {
           } else if (!r) {
             last_error_ = "TLS: " + r.error().message;
             spdlog::warn("channel to {} failed: {}", options_.connect.to_string(), last_error_);
+            if (channel_) channel_->note_resume_failure(last_error_);
             schedule_reconnect();
+          } else if (channel_ && channel_->detached()) {
+            resume_channel(std::move(*r));
           } else {
             start_channel(std::move(*r));
           }
@@ -111,7 +115,48 @@ void SourceForwarder::on_connect(int res) {
     handshake_->start();
     return;
   }
-  start_channel(std::make_unique<tunnel::SocketTransport>(ring_, std::move(connecting_)));
+  auto transport = std::make_unique<tunnel::SocketTransport>(ring_, std::move(connecting_));
+  if (channel_ && channel_->detached()) {
+    resume_channel(std::move(transport));
+  } else {
+    start_channel(std::move(transport));
+  }
+}
+
+void SourceForwarder::resume_channel(std::unique_ptr<tunnel::Transport> transport) {
+  resuming_ = std::make_unique<tunnel::ResumeExchange>(
+      io_, ring_, std::move(transport), channel_->resume_request(),
+      options_.channel.handshake_timeout,
+      [this](tunnel::Result<tunnel::ResumeExchange::Resumed> r) {
+        on_resume_attempt(std::move(r));
+      });
+  resuming_->start();
+}
+
+void SourceForwarder::on_resume_attempt(tunnel::Result<tunnel::ResumeExchange::Resumed> r) {
+  resuming_.reset();  // done runs once nothing of the exchange is in flight
+  if (stopping_) {
+    maybe_stopped();
+    return;
+  }
+  if (!channel_ || !channel_->detached()) {
+    // The channel closed meanwhile (its grace period ended): start a new one.
+    if (!channel_) connect();
+    return;
+  }
+  if (r) {
+    channel_->resume(std::move(r->transport), r->peer_received);
+    return;
+  }
+  if (r.error().code == std::errc::permission_denied) {
+    channel_->close("connection lost and not resumed: the destination refused: " +
+                    r.error().message);
+    return;
+  }
+  last_error_ = "resume: " + r.error().message;
+  spdlog::warn("resuming the channel to {} failed: {}", options_.connect.to_string(), last_error_);
+  channel_->note_resume_failure(last_error_);
+  schedule_reconnect();
 }
 
 void SourceForwarder::start_channel(std::unique_ptr<tunnel::Transport> transport) {
@@ -125,6 +170,17 @@ void SourceForwarder::start_channel(std::unique_ptr<tunnel::Transport> transport
   events.on_closed = [this](tunnel::Channel&, const std::string& reason) {
     on_channel_closed(reason);
   };
+  events.on_lost = [this](tunnel::Channel&, const std::string& reason) {
+    spdlog::warn("connection to {} lost ({}): reconnecting to resume the channel",
+                 options_.connect.to_string(), reason);
+    backoff_ = std::chrono::milliseconds(100);
+    connect();
+  };
+  events.on_resumed = [this](tunnel::Channel&, std::chrono::steady_clock::duration outage) {
+    backoff_ = std::chrono::milliseconds(100);
+    spdlog::info("channel to {} resumed after {:.1f} s", options_.connect.to_string(),
+                 std::chrono::duration<double>(outage).count());
+  };
   channel_ = std::make_unique<tunnel::Channel>(io_, ring_, std::move(transport),
                                                tunnel::Channel::Role::initiator, peer,
                                                options_.channel, std::move(events));
@@ -137,6 +193,13 @@ void SourceForwarder::on_channel_closed(const std::string& reason) {
   channel_.reset();
   if (stopping_) {
     maybe_stopped();
+    return;
+  }
+  // A connection attempt for resuming it is under way: it starts the next channel instead.
+  if (resuming_ || handshake_ || connect_op_.busy() ||
+      backoff_timer_.expiry() > std::chrono::steady_clock::now()) {
+    spdlog::warn("channel lost to {}: {}; its local connections were closed",
+                 options_.connect.to_string(), reason);
     return;
   }
   if (was_ready_) {
@@ -184,12 +247,13 @@ void SourceForwarder::stop(std::function<void()> done) {
   for (auto& a : acceptors_) a->stop();
   if (connect_op_.busy()) ring_.cancel(connect_op_);
   if (handshake_) handshake_->cancel();
+  if (resuming_) resuming_->cancel();
   if (channel_) channel_->close("source is shutting down");
   maybe_stopped();
 }
 
 void SourceForwarder::maybe_stopped() {
-  if (!on_stopped_ || channel_ || handshake_ || connect_op_.busy()) return;
+  if (!on_stopped_ || channel_ || handshake_ || resuming_ || connect_op_.busy()) return;
   for (const std::string& p : created_paths_) ::unlink(p.c_str());
   created_paths_.clear();
   auto done = std::move(on_stopped_);

@@ -1,6 +1,8 @@
 #pragma once
 // `nbdtunnel source`: listens on local UNIX sockets and carries each accepted connection as a
 // stream over one channel to the destination, reconnecting with backoff when the channel drops.
+// A resumable channel whose connection is lost keeps its streams: each new connection first
+// tries to resume it, until the destination's grace period ends.
 
 #include <sys/types.h>
 
@@ -14,6 +16,7 @@
 
 #include "tunnel/channel.hpp"
 #include "tunnel/endpoint.hpp"
+#include "tunnel/resume_exchange.hpp"
 #include "tunnel/ring.hpp"
 #include "tunnel/tls_context.hpp"
 #include "tunnel/tls_handshake.hpp"
@@ -52,6 +55,9 @@ class SourceForwarder {
   void try_address(std::size_t index);
   void on_connect(int res);
   void start_channel(std::unique_ptr<tunnel::Transport> transport);
+  // The channel is detached: offer it the new connection.
+  void resume_channel(std::unique_ptr<tunnel::Transport> transport);
+  void on_resume_attempt(tunnel::Result<tunnel::ResumeExchange::Resumed> r);
   void on_channel_closed(const std::string& reason);
   void schedule_reconnect();
   void on_accept(const Forward& f, tunnel::Result<tunnel::unique_fd> accepted);
@@ -64,6 +70,7 @@ class SourceForwarder {
   std::vector<std::string> created_paths_;
 
   std::unique_ptr<tunnel::TlsHandshake> handshake_;
+  std::unique_ptr<tunnel::ResumeExchange> resuming_;
   std::unique_ptr<tunnel::Channel> channel_;
   bool was_ready_ = false;
   std::vector<tunnel::ResolvedAddress> addresses_;

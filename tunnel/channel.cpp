@@ -1,7 +1,9 @@
 #include "tunnel/channel.hpp"
 
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
+#include <sys/random.h>
 
 #include "tunnel/packet.hpp"
 
@@ -54,13 +56,20 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, std::unique_ptr<Transp
       splice_(config_.splice),
       poster_(io),
       streams_(poster_, config_.max_streams),
-      out_(*transport_, poster_, [this](const Error& e) { fail(e.message); }),
+      out_(*transport_, poster_, [this](const Error& e) { lost(e.message); }),
       in_(*transport_, ring_, poster_, *this, splice_),
       handshake_timer_(io),
-      keepalive_timer_(io) {
+      keepalive_timer_(io),
+      grace_timer_(io) {
   streams_.on_drained([this] { maybe_finish_close(); });
-  in_.on_idle([this] { maybe_finish_close(); });
-  out_.on_idle([this] { maybe_finish_close(); });
+  in_.on_idle([this] {
+    maybe_finish_detach();
+    maybe_finish_close();
+  });
+  out_.on_idle([this] {
+    maybe_finish_detach();
+    maybe_finish_close();
+  });
 }
 
 Channel::~Channel() {
@@ -96,11 +105,24 @@ void Channel::arm_keepalive() {
 }
 
 void Channel::on_keepalive_tick() {
+  if (detached_) {  // the grace timer decides now
+    arm_keepalive();
+    return;
+  }
   const auto silent = std::chrono::steady_clock::now() - in_.last_read();
   if (silent >= config_.keepalive_interval * config_.keepalive_count) {
-    fail(fmt::format("peer silent for {} s (no data, no keepalive)",
+    lost(fmt::format("peer silent for {} s (no data, no keepalive)",
                      std::chrono::duration_cast<std::chrono::seconds>(silent).count()));
     return;
+  }
+  // What arrived since the last ACK, however little, is acknowledged at least this often.
+  if (resumable_ && in_.received() > acked_) {
+    acked_ = in_.received();
+    std::vector<std::uint8_t> body;
+    encode_received(body, acked_);
+    send_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::ack), PacketType::message, 0,
+                            PacketStatus::ok),
+                body);
   }
   if (config_.idle_timeout.count() > 0 && hello_done_) {
     if (active()) {
@@ -128,7 +150,9 @@ bool Channel::active() const {
 // ---- Dispatch ----
 
 void Channel::on_packet(const PacketHeader& h, std::span<const std::uint8_t> body) {
-  if (!closing_) dispatch(h, body);
+  if (closing_) return;
+  dispatch(h, body);
+  maybe_ack();
 }
 
 int Channel::splice_pipe(std::uint32_t serial, std::size_t n) {
@@ -138,15 +162,20 @@ int Channel::splice_pipe(std::uint32_t serial, std::size_t n) {
 
 void Channel::on_spliced(std::uint32_t serial, std::size_t n) {
   if (Stream* s = streams_.find(serial)) s->on_spliced(n);
+  maybe_ack();
 }
 
 void Channel::on_read_ended(const Status& why) {
   if (why) {
-    spdlog::info("{}: peer closed the connection", peer_);
-    close("peer closed the connection");
+    if (!resumable_) spdlog::info("{}: peer closed the connection", peer_);
+    lost("peer closed the connection");
   } else {
-    fail(why.error().message);
+    lost(why.error().message);
   }
+}
+
+void Channel::on_malformed(const Error& why) {
+  fail(why.message);
 }
 
 void Channel::dispatch(const PacketHeader& h, std::span<const std::uint8_t> body) {
@@ -199,11 +228,7 @@ void Channel::dispatch(const PacketHeader& h, std::span<const std::uint8_t> body
       handle_reply(h, body);
       return;
     case PacketType::message:
-      if (proc == Proc::stream_credit) {
-        handle_credit(h, body);
-      } else {
-        spdlog::warn("{}: ignoring unknown message procedure {}", peer_, h.procedure);
-      }
+      handle_message(h, body);
       return;
     case PacketType::stream:
       handle_stream(h, body);
@@ -226,9 +251,12 @@ void Channel::reject(const PacketHeader& h, ErrorCode code, const std::string& m
 // reply saying why where the packet was a call.
 void Channel::dispatch_before_hello(const PacketHeader& h, std::span<const std::uint8_t> body) {
   const auto type = static_cast<PacketType>(h.type);
-  const bool hello = check_header(h) && h.program == kProgram &&
-                     h.procedure == static_cast<std::uint32_t>(Proc::hello);
-  if (hello && h.version != kProgramVersion) {
+  const bool ours = check_header(h) && h.program == kProgram;
+  const bool hello = ours && h.procedure == static_cast<std::uint32_t>(Proc::hello);
+  if (ours && role_ == Role::responder && type == PacketType::call &&
+      h.procedure == static_cast<std::uint32_t>(Proc::resume) && h.version == kProgramVersion) {
+    handle_resume_call(h, body);
+  } else if (hello && h.version != kProgramVersion) {
     const std::string why = version_mismatch(h.version);
     reject(h, ErrorCode::unsupported, why);
     fail(why);
@@ -256,6 +284,11 @@ Hello Channel::local_hello() const {
   h.hostname = config_.hostname;
   h.window = config_.window;
   h.max_payload = config_.chunk;
+  // The initiator asks; the responder answers with the ticket if it agreed.
+  if (role_ == Role::initiator ? config_.resume_timeout.count() > 0 : resumable_) {
+    h.features |= kFeatureResume;
+    h.ticket = ticket_;
+  }
   return h;
 }
 
@@ -280,6 +313,19 @@ void Channel::handle_hello_call(const PacketHeader& h, std::span<const std::uint
     fail(why);
     return;
   }
+  if ((peer->features & kFeatureResume) && config_.resume_timeout.count() > 0) {
+    if (::getrandom(ticket_.id.data(), ticket_.id.size(), 0) ==
+            static_cast<ssize_t>(ticket_.id.size()) &&
+        ::getrandom(ticket_.secret.data(), ticket_.secret.size(), 0) ==
+            static_cast<ssize_t>(ticket_.secret.size())) {
+      resumable_ = true;
+      ticket_.timeout_ms = static_cast<std::uint32_t>(
+          std::min<std::int64_t>(config_.resume_timeout.count(), kMaxResumeTimeoutMs));
+      out_.retain();  // from the HELLO reply on
+    } else {
+      spdlog::warn("{}: no random bytes for a resume ticket: this channel is not resumable", peer_);
+    }
+  }
   std::vector<std::uint8_t> out;
   encode_hello(out, local_hello());
   send_packet(reply_to(h, PacketStatus::ok), out);
@@ -298,6 +344,12 @@ void Channel::handle_hello_reply(const PacketHeader& h, std::span<const std::uin
   if (!accepted) {
     fail("bad HELLO reply: " + accepted.error().message);
     return;
+  }
+  if ((peer->features & kFeatureResume) && config_.resume_timeout.count() > 0 &&
+      peer->ticket.timeout_ms > 0) {
+    resumable_ = true;
+    ticket_ = peer->ticket;
+    out_.retain();
   }
   if (events_.on_ready) events_.on_ready(peer_hello_);
 }
@@ -375,10 +427,9 @@ void Channel::handle_open(const PacketHeader& h, std::span<const std::uint8_t> b
     budget_streams_.insert(h.serial);
   }
   note_activity();
-  const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
   streams_
       .add(std::make_unique<Stream>(link(), h.serial, open->target, *path, unique_fd{},
-                                    config_.window, chunk, splice_))
+                                    stream_params()))
       .connect(*path);
 }
 
@@ -412,9 +463,8 @@ void Channel::open_stream(unique_fd local, const std::string& target, const std:
     return;
   }
   const std::uint32_t serial = streams_.next_serial();
-  const std::uint32_t chunk = std::min(config_.chunk, peer_hello_.window);
-  streams_.add(std::make_unique<Stream>(link(), serial, target, tag, std::move(local),
-                                        config_.window, chunk, splice_));
+  streams_.add(
+      std::make_unique<Stream>(link(), serial, target, tag, std::move(local), stream_params()));
   std::vector<std::uint8_t> body;
   encode_open_tunnel(body, OpenTunnel{target, 0});
   send_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::domain_migrate_open_tunnel),
@@ -449,6 +499,44 @@ void Channel::handle_stream(const PacketHeader& h, std::span<const std::uint8_t>
   if (streams_.used(h.serial)) return;
   if (h.status == static_cast<std::uint32_t>(PacketStatus::error)) return;  // never echo errors
   reject(h, ErrorCode::protocol, fmt::format("no stream with serial {}", h.serial));
+}
+
+StreamParams Channel::stream_params() const {
+  StreamParams p;
+  p.window = config_.window;
+  p.chunk = std::min(config_.chunk, peer_hello_.window);
+  p.splice = splice_;
+  p.splice_tx = splice_ && !resumable_;
+  p.tx_slack = resumable_ ? 2 * kAckInterval : 0;
+  return p;
+}
+
+void Channel::handle_message(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  switch (static_cast<Proc>(h.procedure)) {
+    case Proc::stream_credit:
+      handle_credit(h, body);
+      return;
+    case Proc::ack:
+      if (resumable_) {
+        Result<std::uint64_t> received = decode_received(body);
+        Status s = received ? out_.ack(*received) : Status(received.error());
+        if (!s) fail("bad ACK: " + s.error().message);
+        return;
+      }
+      break;
+    case Proc::goodbye:
+      if (resumable_) {
+        Result<std::string> why = decode_goodbye(body);
+        const std::string reason = why ? *why : "no reason given";
+        spdlog::info("{}: peer closed the channel: {}", peer_, reason);
+        close("peer closed the channel: " + reason);
+        return;
+      }
+      break;
+    default:
+      break;
+  }
+  spdlog::warn("{}: ignoring unknown message procedure {}", peer_, h.procedure);
 }
 
 void Channel::handle_credit(const PacketHeader& h, std::span<const std::uint8_t> body) {
@@ -506,6 +594,160 @@ void Channel::send_packet(const PacketHeader& h, std::span<const std::uint8_t> b
   if (Status s = out_.push(make_packet(h, body)); !s) fail(s.error().message);
 }
 
+// ---- Resumption ----
+
+void Channel::maybe_ack() {
+  if (!resumable_ || detached_ || closing_ || in_.received() - acked_ < kAckInterval) return;
+  acked_ = in_.received();
+  std::vector<std::uint8_t> body;
+  encode_received(body, acked_);
+  send_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::ack), PacketType::message, 0,
+                          PacketStatus::ok),
+              body);
+}
+
+void Channel::lost(const std::string& reason) {
+  if (closing_ || detached_) return;
+  if (!resumable_ || !hello_done_) {
+    fail(reason);
+    return;
+  }
+  detached_ = true;
+  ++losses_;
+  lost_reason_ = reason;
+  last_resume_failure_.clear();
+  lost_at_ = std::chrono::steady_clock::now();
+  const std::chrono::milliseconds grace(ticket_.timeout_ms);
+  resume_deadline_ = lost_at_ + grace;
+  spdlog::warn("{}: connection lost ({}); the channel waits {} s to be resumed", peer_, reason,
+               grace.count() / 1000.0);
+  in_.stop();
+  out_.detach();
+  transport_->shutdown();
+  grace_timer_.expires_at(resume_deadline_);
+  grace_timer_.async_wait([this, alive = liveness()](const boost::system::error_code& ec) {
+    if (ec || alive.expired() || !detached_ || closing_) return;
+    fail(not_resumed_reason());
+  });
+  if (events_.on_lost) events_.on_lost(*this, reason);
+  maybe_finish_detach();
+}
+
+std::string Channel::not_resumed_reason() const {
+  std::string why = fmt::format("connection lost ({}) and not resumed within {} s", lost_reason_,
+                                ticket_.timeout_ms / 1000.0);
+  if (!last_resume_failure_.empty()) why += "; last attempt: " + last_resume_failure_;
+  return why;
+}
+
+// Once nothing of the lost connection is in flight, it goes; a new one waiting takes its place.
+void Channel::maybe_finish_detach() {
+  if (!detached_ || closing_ || in_.busy() || out_.busy()) return;
+  transport_.reset();
+  if (pending_attach_) attach_pending();
+}
+
+ResumeRequest Channel::resume_request() const {
+  ResumeRequest r;
+  r.id = ticket_.id;
+  r.secret = ticket_.secret;
+  r.received = in_.received();
+  return r;
+}
+
+void Channel::resume(std::unique_ptr<Transport> transport, std::uint64_t peer_received) {
+  if (closing_ || !detached_) return;  // the transport closes as it goes
+  pending_attach_ = PendingAttach{std::move(transport), peer_received, std::nullopt};
+  maybe_finish_detach();
+}
+
+bool Channel::ticket_matches(const ResumeRequest& request) const {
+  return resumable_ && !closing_ && role_ == Role::responder && request.id == ticket_.id &&
+         CRYPTO_memcmp(request.secret.data(), ticket_.secret.data(), ticket_.secret.size()) == 0;
+}
+
+void Channel::handle_resume_call(const PacketHeader& h, std::span<const std::uint8_t> body) {
+  Result<ResumeRequest> request = decode_resume_request(body);
+  if (!request) {
+    reject(h, ErrorCode::protocol, request.error().message);
+    fail("bad RESUME: " + request.error().message);
+    return;
+  }
+  Channel* target = events_.find_resumable ? events_.find_resumable(*request) : nullptr;
+  if (target == nullptr || target == this || !target->ticket_matches(*request)) {
+    // Whether the id exists is not for a peer without the secret to learn.
+    const std::string why =
+        "no channel to resume with this ticket (it was closed, its grace "
+        "period ended, or the destination restarted)";
+    reject(h, ErrorCode::not_resumable, why);
+    fail("RESUME refused: " + why);
+    return;
+  }
+  if (in_.unread() > 0) {
+    reject(h, ErrorCode::protocol, "data after RESUME before its reply");
+    fail("peer sent data after RESUME before its reply");
+    return;
+  }
+  // This connection now belongs to the channel it resumes: stop using it and hand it over.
+  in_.stop();
+  std::unique_ptr<Transport> transport = std::move(transport_);
+  target->adopt(std::move(transport), request->received, h);
+  close("handed over to the channel it resumed");
+}
+
+void Channel::adopt(std::unique_ptr<Transport> transport, std::uint64_t peer_received,
+                    const PacketHeader& call) {
+  pending_attach_ = PendingAttach{std::move(transport), peer_received, call};
+  if (!detached_) {
+    // The old connection looks alive from here, but the peer has given up on it.
+    lost("the peer resumed the channel on a new connection");
+    return;  // maybe_finish_detach attaches once the old connection is gone
+  }
+  poster_.post([this] { maybe_finish_detach(); });
+}
+
+void Channel::attach_pending() {
+  PendingAttach a = std::move(*pending_attach_);
+  pending_attach_.reset();
+  WriteQueue::ControlPacket first;
+  if (a.resume_call) {
+    std::vector<std::uint8_t> body;
+    encode_received(body, in_.received());
+    first = make_packet(reply_to(*a.resume_call, PacketStatus::ok), body);
+  }
+  const std::uint64_t resend = out_.sent() - std::min(out_.sent(), a.peer_received);
+  if (Status s = out_.attach(*a.transport, a.peer_received, std::move(first)); !s) {
+    fail("cannot resume the channel: " + s.error().message);
+    return;
+  }
+  transport_ = std::move(a.transport);
+  detached_ = false;
+  grace_timer_.cancel();
+  acked_ = std::min(acked_, in_.received());
+  in_.attach(*transport_);
+  bytes_resent_ += resend;
+  const auto outage = std::chrono::steady_clock::now() - lost_at_;
+  spdlog::info("{}: channel resumed after {:.1f} s over {} ({} bytes sent again, {} streams kept)",
+               peer_, std::chrono::duration<double>(outage).count(), transport_->describe(), resend,
+               streams_.size());
+  if (events_.on_resumed) events_.on_resumed(*this, outage);
+}
+
+// A peer that closes a resumable channel on purpose says so, or the other side would wait out
+// its grace period. Best effort: written now if no other packet is half-written.
+void Channel::send_goodbye(const std::string& reason) {
+  if (!resumable_ || detached_ || !transport_ || !out_.at_packet_boundary()) return;
+  std::vector<std::uint8_t> body;
+  encode_goodbye(body, reason);
+  const std::vector<std::uint8_t> packet =
+      make_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::goodbye),
+                              PacketType::message, 0, PacketStatus::ok),
+                  body);
+  const iovec v{const_cast<std::uint8_t*>(packet.data()), packet.size()};
+  (void)transport_->write(std::span(&v, 1), false);
+  if (transport_->has_pending_output()) (void)transport_->flush_pending();
+}
+
 // ---- Teardown ----
 
 void Channel::fail(const std::string& reason) {
@@ -520,10 +762,13 @@ void Channel::abort_streams(const std::string& reason) {
 
 void Channel::close(const std::string& reason) {
   if (closing_) return;
+  if (!reason.starts_with("peer closed the channel")) send_goodbye(reason);
   closing_ = true;
   close_reason_ = reason;
   handshake_timer_.cancel();
   keepalive_timer_.cancel();
+  grace_timer_.cancel();
+  pending_attach_.reset();
   for (Stream* s : streams_.open_streams()) {
     s->abort(ErrorCode::shutdown, "channel closed: " + reason, false);
   }
@@ -537,7 +782,7 @@ void Channel::close(const std::string& reason) {
             error_body(ErrorCode::shutdown, "channel closed: " + reason));
   }
   in_.stop();
-  transport_->shutdown();
+  if (transport_) transport_->shutdown();
   maybe_finish_close();
 }
 

@@ -4,6 +4,12 @@
 // its parts do the rest: a Transport moves the bytes, a FrameReader reads packets, a WriteQueue
 // sends them, a StreamTable holds the streams. CALLs the channel does not serve itself (anything
 // but HELLO and OPEN_TUNNEL) go to its owner. All of its work runs on one io_context thread.
+// A resumable channel (both sides asked for it in HELLO) outlives its connection: when the
+// connection is lost the channel detaches from it, keeps its streams, calls and unacknowledged
+// bytes, and waits up to the grace period for a new one (the initiator dials, sends RESUME and
+// hands the connection over with resume(); the responder's owner routes an incoming RESUME to
+// the channel it names, see ChannelEvents::find_resumable). Then both sides send again what the
+// other did not receive, and nothing above the channel notices.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -12,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -52,7 +59,15 @@ struct ChannelConfig {
   bool splice = true;
   // Where the streams' traffic is counted (none: nowhere); shared by a daemon's channels.
   std::shared_ptr<TrafficCounters> counters;
+  // Responder: how long a channel whose connection was lost waits for its initiator to resume
+  // it (0: channels are not resumable). Initiator: nonzero asks for a resumable channel; the
+  // responder's grace period applies.
+  std::chrono::milliseconds resume_timeout{0};
 };
+
+// Channel bytes received between two ACKs on a resumable channel (and so, with the peer's
+// window, what a stream keeps for its peer at most).
+inline constexpr std::size_t kAckInterval = 256u << 10;
 
 class Channel;
 
@@ -71,6 +86,13 @@ struct ChannelEvents {
   // The channel is closed and every operation has finished. Called from a posted handler, so the
   // owner may destroy the channel inside it.
   std::function<void(Channel& channel, const std::string& reason)> on_closed;
+  // A resumable channel lost its connection and waits (until resume_deadline()) for a new one.
+  std::function<void(Channel& channel, const std::string& reason)> on_lost;
+  // It has one again, after `outage`.
+  std::function<void(Channel& channel, std::chrono::steady_clock::duration outage)> on_resumed;
+  // Responder: the channel a RESUME on this (new) connection names, or none. The channel checks
+  // the secret itself.
+  std::function<Channel*(const ResumeRequest& request)> find_resumable;
 };
 
 class Channel final : private StreamLink, private FrameSink {
@@ -101,6 +123,26 @@ class Channel final : private StreamLink, private FrameSink {
   // Aborts every stream and closes the transport; on_closed follows once all I/O has finished.
   void close(const std::string& reason);
 
+  // Resumable channels.
+  bool resumable() const { return resumable_; }
+  // Responder: the id of this channel's resume ticket (its secret stays inside).
+  const std::array<std::uint8_t, 16>& resume_id() const { return ticket_.id; }
+  // Whether the connection is lost and the channel waits for a new one.
+  bool detached() const { return detached_; }
+  // Initiator: the RESUME call body for a new connection (send it with ResumeExchange).
+  ResumeRequest resume_request() const;
+  // Initiator: the new connection, whose RESUME the responder accepted, saying it has received
+  // peer_received bytes. The channel goes on over it (or closes, saying why, if it cannot).
+  void resume(std::unique_ptr<Transport> transport, std::uint64_t peer_received);
+  // Initiator: why the last attempt to resume failed, for the message if none succeeds.
+  void note_resume_failure(const std::string& why) { last_resume_failure_ = why; }
+  // When the grace period of a detached channel ends.
+  std::chrono::steady_clock::time_point resume_deadline() const { return resume_deadline_; }
+  // How often the connection was lost (and resumed, but for the last loss if detached now).
+  unsigned losses() const { return losses_; }
+  // Bytes sent again after a resume, in all.
+  std::uint64_t bytes_resent() const { return bytes_resent_; }
+
   bool ready() const { return hello_done_ && !closing_; }
   bool closing() const { return closing_; }
   // Whether HELLO was exchanged, even if the channel has closed since.
@@ -115,6 +157,7 @@ class Channel final : private StreamLink, private FrameSink {
   int splice_pipe(std::uint32_t serial, std::size_t n) override;
   void on_spliced(std::uint32_t serial, std::size_t n) override;
   void on_read_ended(const Status& why) override;
+  void on_malformed(const Error& why) override;
   void dispatch(const PacketHeader& h, std::span<const std::uint8_t> body);
   void dispatch_before_hello(const PacketHeader& h, std::span<const std::uint8_t> body);
   static std::string version_mismatch(std::uint32_t version);
@@ -125,6 +168,9 @@ class Channel final : private StreamLink, private FrameSink {
   void handle_reply(const PacketHeader& h, std::span<const std::uint8_t> body);
   void handle_stream(const PacketHeader& h, std::span<const std::uint8_t> body);
   void handle_credit(const PacketHeader& h, std::span<const std::uint8_t> body);
+  void handle_message(const PacketHeader& h, std::span<const std::uint8_t> body);
+  StreamParams stream_params() const;
+  void handle_resume_call(const PacketHeader& h, std::span<const std::uint8_t> body);
   void reject(const PacketHeader& h, ErrorCode code, const std::string& message);
   Hello local_hello() const;
   Status accept_peer_hello(const Hello& peer);
@@ -152,13 +198,28 @@ class Channel final : private StreamLink, private FrameSink {
   void fail(const std::string& reason);
   void maybe_finish_close();
 
+  // Resumption.
+  // The connection failed: detach and wait if the channel is resumable, else fail.
+  void lost(const std::string& reason);
+  void maybe_finish_detach();
+  // Responder: whether request carries this channel's ticket.
+  bool ticket_matches(const ResumeRequest& request) const;
+  // Responder: take over a new connection that asked (with call) to resume this channel.
+  void adopt(std::unique_ptr<Transport> transport, std::uint64_t peer_received,
+             const PacketHeader& call);
+  void attach_pending();
+  void maybe_ack();
+  void send_goodbye(const std::string& reason);
+  // Where the channel was when it lost a connection, for the message if it is not resumed.
+  std::string not_resumed_reason() const;
+
   Ring& ring_;
   const Role role_;
   const std::string peer_;
   const ChannelConfig config_;
   ChannelEvents events_;
-  std::unique_ptr<Transport> transport_;
-  const bool splice_;  // config_.splice, and the transport can splice
+  std::unique_ptr<Transport> transport_;  // none while detached
+  const bool splice_;                     // config_.splice, and the transport can splice
   Poster poster_;
   StreamTable streams_;
   WriteQueue out_;
@@ -174,6 +235,24 @@ class Channel final : private StreamLink, private FrameSink {
 
   boost::asio::steady_timer handshake_timer_;
   boost::asio::steady_timer keepalive_timer_;
+
+  bool resumable_ = false;
+  ResumeTicket ticket_;  // responder: drawn for this channel; initiator: the responder's
+  bool detached_ = false;
+  std::string lost_reason_;
+  std::string last_resume_failure_;
+  std::chrono::steady_clock::time_point lost_at_;
+  std::chrono::steady_clock::time_point resume_deadline_;
+  boost::asio::steady_timer grace_timer_;
+  struct PendingAttach {
+    std::unique_ptr<Transport> transport;
+    std::uint64_t peer_received = 0;
+    std::optional<PacketHeader> resume_call;  // responder: the RESUME to reply to
+  };
+  std::optional<PendingAttach> pending_attach_;
+  std::uint64_t acked_ = 0;  // bytes received that the peer has been told of
+  unsigned losses_ = 0;
+  std::uint64_t bytes_resent_ = 0;
 
   bool closing_ = false;
   bool close_reported_ = false;

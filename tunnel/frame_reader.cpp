@@ -11,7 +11,7 @@ namespace nbdtunnel::tunnel {
 
 FrameReader::FrameReader(Transport& transport, Ring& ring, Poster& poster, FrameSink& sink,
                          bool splice)
-    : transport_(transport),
+    : transport_(&transport),
       ring_(ring),
       poster_(poster),
       sink_(sink),
@@ -29,6 +29,13 @@ void FrameReader::start() {
 void FrameReader::stop() {
   stopped_ = true;
   ring_.cancel(op_);
+}
+
+void FrameReader::attach(Transport& transport) {
+  transport_ = &transport;
+  stopped_ = false;
+  waiting_on_ = 0;
+  start();
 }
 
 void FrameReader::stream_released(std::uint32_t serial) {
@@ -72,6 +79,11 @@ void FrameReader::end(const Status& why) {
   sink_.on_read_ended(why);
 }
 
+void FrameReader::end_malformed(const Error& why) {
+  stopped_ = true;
+  sink_.on_malformed(why);
+}
+
 void FrameReader::pump() {
   for (int i = 0; i < kBudget; ++i) {
     if (stopped_) return;
@@ -85,6 +97,7 @@ void FrameReader::pump() {
 
 bool FrameReader::settle(const Result<std::size_t>& r, int pipe) {
   if (r && *r > 0) {
+    received_ += *r;
     last_read_ = std::chrono::steady_clock::now();
     return true;
   }
@@ -103,14 +116,14 @@ bool FrameReader::settle(const Result<std::size_t>& r, int pipe) {
     waiting_on_ = steps_.header().serial;
     io_uring_prep_poll_add(ring_.prepare(op_), pipe, POLLOUT);
   } else {
-    transport_.wait_readable(op_);
+    transport_->wait_readable(op_);
   }
   return false;
 }
 
 // Copy mode: read what fits, then hand over every whole packet in the buffer.
 bool FrameReader::read_copy() {
-  const Result<std::size_t> r = transport_.read(std::span(buf_).subspan(end_));
+  const Result<std::size_t> r = transport_->read(std::span(buf_).subspan(end_));
   if (!settle(r, -1)) return false;
   end_ += *r;
   deliver_buffered();
@@ -141,7 +154,7 @@ void FrameReader::deliver_buffered() {
     Result<std::optional<Frame>> d =
         decode_packet(std::span(buf_).subspan(start_, end_ - start_), max_packet_);
     if (!d) {
-      end(framing_error(d.error()));
+      end_malformed(framing_error(d.error()));
       return;
     }
     if (!*d) return;
@@ -162,7 +175,7 @@ bool FrameReader::read_spliced() {
   switch (kind) {
     case Kind::prefix:
     case Kind::body:
-      r = transport_.read(std::span(buf_).subspan(end_, steps_.want()));
+      r = transport_->read(std::span(buf_).subspan(end_, steps_.want()));
       break;
     case Kind::splice:
       pipe = sink_.splice_pipe(serial, steps_.want());
@@ -170,10 +183,10 @@ bool FrameReader::read_spliced() {
         steps_.abandon_splice();  // the stream went away mid-payload: drop the rest
         return true;
       }
-      r = transport_.splice_in(pipe, steps_.want());
+      r = transport_->splice_in(pipe, steps_.want());
       break;
     case Kind::discard:
-      r = transport_.read(std::span(buf_).first(std::min(steps_.want(), buf_.size())));
+      r = transport_->read(std::span(buf_).first(std::min(steps_.want(), buf_.size())));
       break;
   }
   if (!settle(r, pipe)) return false;
@@ -184,14 +197,14 @@ bool FrameReader::read_spliced() {
       end_ += n;
       Result<Event> e = steps_.on_prefix_bytes(std::span(buf_).first(end_));
       if (!e) {
-        end(framing_error(e.error()));
+        end_malformed(framing_error(e.error()));
         return false;
       }
       event = *e;
       if (event == Event::header) {
         const PacketHeader& h = steps_.header();
         if (h.length > max_packet_) {
-          end(input_error(
+          end_malformed(input_error(
               fmt::format("malformed data from peer: packet length {} exceeds the limit of {}",
                           h.length, max_packet_)));
           return false;

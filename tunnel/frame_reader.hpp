@@ -9,6 +9,8 @@
 // are limited to kHandshakeMaxPacket until the channel calls allow_full_packets() (HELLO done);
 // after that the buffer grows to what the traffic needs (kBufferSize in copy mode, one packet in
 // splice mode) and stays that size.
+// A resumable channel moves its reader to a new transport (attach) with its state intact: a
+// packet cut off by the lost connection goes on with the bytes the peer sends again.
 
 #include <chrono>
 #include <cstdint>
@@ -32,8 +34,11 @@ class FrameSink {
   // Splice mode: the pipe a STREAM payload of n bytes for serial may be spliced into now, or -1.
   virtual int splice_pipe(std::uint32_t serial, std::size_t n) = 0;
   virtual void on_spliced(std::uint32_t serial, std::size_t n) = 0;
-  // Reading ended: ok if the peer closed the connection, else why it failed. Called once.
+  // Reading ended with the connection: ok if the peer closed it, else why it failed. Called
+  // once (until attach).
   virtual void on_read_ended(const Status& why) = 0;
+  // Reading ended because the peer's bytes are not packets of this protocol.
+  virtual void on_malformed(const Error& why) = 0;
 
  protected:
   ~FrameSink() = default;
@@ -56,6 +61,10 @@ class FrameReader {
   void start();
   // No more reads or callbacks. A wait in flight is cancelled; busy() tells when it is over.
   void stop();
+  // After stop() and once !busy(): reads go on from `transport`, where the last one left off.
+  void attach(Transport& transport);
+  // Bytes read from every transport so far: the channel's byte stream received.
+  std::uint64_t received() const { return received_; }
   bool busy() const { return op_.busy(); }
   // Called when a wait still in flight at stop() has completed.
   void on_idle(std::function<void()> f) { on_idle_ = std::move(f); }
@@ -65,6 +74,8 @@ class FrameReader {
   // The handshake is done: packets up to kMaxPacket are accepted from now on.
   void allow_full_packets() { max_packet_ = kMaxPacket; }
   std::size_t buffer_size() const { return buf_.size(); }
+  // Bytes read past the last packet delivered and not yet part of one.
+  std::size_t unread() const { return splice_ ? 0 : end_ - start_; }
 
  private:
   void pump();
@@ -77,10 +88,11 @@ class FrameReader {
   // Makes room for a packet of size bytes at the start of the buffer (unconsumed bytes kept).
   void reserve(std::size_t size);
   void end(const Status& why);
+  void end_malformed(const Error& why);
   Error framing_error(const Error& e) const;
   void on_wait_done(int res);
 
-  Transport& transport_;
+  Transport* transport_;
   Ring& ring_;
   Poster& poster_;
   FrameSink& sink_;
@@ -90,6 +102,7 @@ class FrameReader {
   std::vector<std::uint8_t> buf_;
   std::size_t start_ = 0, end_ = 0;  // unconsumed bytes of buf_
   std::uint32_t waiting_on_ = 0;     // serial whose pipe the wait in flight is for, or 0
+  std::uint64_t received_ = 0;
   std::chrono::steady_clock::time_point last_read_;
   bool stopped_ = false;
   bool packets_ = false;  // a packet has been delivered

@@ -120,6 +120,12 @@ std::string procedure_name(std::uint32_t program, std::uint32_t procedure) {
         return "OPEN_TUNNEL";
       case Proc::stream_credit:
         return "STREAM_CREDIT";
+      case Proc::resume:
+        return "RESUME";
+      case Proc::ack:
+        return "ACK";
+      case Proc::goodbye:
+        return "GOODBYE";
     }
   } else if (program == kKeepaliveProgram) {
     if (procedure == static_cast<std::uint32_t>(KeepaliveProc::ping)) return "keepalive PING";

@@ -16,6 +16,11 @@ void encode_hello(std::vector<std::uint8_t>& out, const Hello& h) {
   w.string(h.hostname);
   w.u32(h.window);
   w.u32(h.max_payload);
+  if (h.features & kFeatureResume) {
+    w.fixed_opaque(h.ticket.id);
+    w.fixed_opaque(h.ticket.secret);
+    w.u32(h.ticket.timeout_ms);
+  }
 }
 
 Result<Hello> decode_hello(std::span<const std::uint8_t> body) {
@@ -27,7 +32,16 @@ Result<Hello> decode_hello(std::span<const std::uint8_t> body) {
   h.hostname = r.string(kMaxHostIdLen);
   h.window = r.u32();
   h.max_payload = r.u32();
+  if (h.features & kFeatureResume) {
+    r.fixed_opaque(h.ticket.id);
+    r.fixed_opaque(h.ticket.secret);
+    h.ticket.timeout_ms = r.u32();
+  }
   if (!r.finish("HELLO body")) return r.error();
+  if (h.ticket.timeout_ms > kMaxResumeTimeoutMs) {
+    return input_error(fmt::format("HELLO resume timeout {} ms is over the limit of {} ms",
+                                   h.ticket.timeout_ms, kMaxResumeTimeoutMs));
+  }
   if (h.window < kMinWindow || h.window > kMaxWindow) {
     return input_error(
         fmt::format("HELLO window {} is outside [{}, {}]", h.window, kMinWindow, kMaxWindow));
@@ -64,6 +78,45 @@ Result<std::uint32_t> decode_credit(std::span<const std::uint8_t> body) {
   const std::uint32_t bytes = r.u32();
   if (!r.finish("STREAM_CREDIT body")) return r.error();
   return bytes;
+}
+
+void encode_resume_request(std::vector<std::uint8_t>& out, const ResumeRequest& q) {
+  XdrWriter w(out);
+  w.fixed_opaque(q.id);
+  w.fixed_opaque(q.secret);
+  w.u64(q.received);
+}
+
+Result<ResumeRequest> decode_resume_request(std::span<const std::uint8_t> body) {
+  XdrReader r(body);
+  ResumeRequest q;
+  r.fixed_opaque(q.id);
+  r.fixed_opaque(q.secret);
+  q.received = r.u64();
+  if (!r.finish("RESUME body")) return r.error();
+  return q;
+}
+
+void encode_received(std::vector<std::uint8_t>& out, std::uint64_t received) {
+  XdrWriter(out).u64(received);
+}
+
+Result<std::uint64_t> decode_received(std::span<const std::uint8_t> body) {
+  XdrReader r(body);
+  const std::uint64_t received = r.u64();
+  if (!r.finish("byte count")) return r.error();
+  return received;
+}
+
+void encode_goodbye(std::vector<std::uint8_t>& out, const std::string& reason) {
+  XdrWriter(out).string(reason.substr(0, kMaxStringLen));
+}
+
+Result<std::string> decode_goodbye(std::span<const std::uint8_t> body) {
+  XdrReader r(body);
+  std::string reason = r.string(kMaxStringLen);
+  if (!r.finish("GOODBYE body")) return r.error();
+  return reason;
 }
 
 void encode_remote_error(std::vector<std::uint8_t>& out, const RemoteError& e) {

@@ -5,6 +5,7 @@
 // tunnel/ knows no migration: the engine's procedures (PREPARE, FINISH) live in
 // engine/migration_protocol.hpp and reach it through ChannelEvents::on_call.
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -28,6 +29,10 @@ enum class Proc : std::uint32_t {
   hello = 1,                       // CALL: version, features, identity, limits. Must come first.
   domain_migrate_open_tunnel = 2,  // CALL: target name; opens a stream on this call's serial.
   stream_credit = 3,               // MESSAGE: the sender may send that many more payload bytes.
+  // 4 to 15 are the engine's (engine/migration_protocol.hpp).
+  resume = 16,   // CALL: first on a new connection: carry on a lost channel (see ResumeRequest).
+  ack = 17,      // MESSAGE: resumable channels: how many channel bytes the sender has received.
+  goodbye = 18,  // MESSAGE: resumable channels: the sender is closing the channel on purpose.
 };
 
 enum class PacketType : std::uint32_t { call = 0, reply = 1, message = 2, stream = 3 };
@@ -47,8 +52,12 @@ inline constexpr std::size_t kMaxHostIdLen = 255;
 inline constexpr std::uint32_t kMinWindow = 64 * 1024;
 inline constexpr std::uint32_t kMaxWindow = 64u << 20;
 
-// Feature bits advertised in HELLO. None are defined yet; unknown bits are ignored.
+// Feature bits advertised in HELLO; unknown bits are ignored. kFeatureResume: the channel
+// survives the loss of its connection (HELLO then carries a ResumeTicket; see PROTOCOL.md).
+inline constexpr std::uint64_t kFeatureResume = 1;
 inline constexpr std::uint64_t kFeatures = 0;
+// The most a resume grace period may be: longer is refused in HELLO.
+inline constexpr std::uint32_t kMaxResumeTimeoutMs = 24u * 3600 * 1000;
 
 // Error codes carried in remote_error.code.
 enum class ErrorCode : std::int32_t {
@@ -60,6 +69,7 @@ enum class ErrorCode : std::int32_t {
   limit = 6,               // too many streams, window violated, size limits
   stream_io = 7,           // a local socket failed mid-stream
   shutdown = 8,            // the daemon is stopping
+  not_resumable = 9,       // RESUME names no channel this side can resume, or the wrong secret
 };
 // remote_error.domain used for every nbdtunnel error.
 inline constexpr std::int32_t kErrorDomain = 0x4e42;  // "NB"
@@ -76,7 +86,18 @@ struct PacketHeader {
   friend bool operator==(const PacketHeader&, const PacketHeader&) = default;
 };
 
-// HELLO call and reply bodies have the same shape.
+// What identifies a resumable channel: the responder draws both at random for each channel and
+// sends them in its HELLO reply (inside TLS where the channel has it). Only the holder of the
+// secret can take the channel's streams over on a new connection.
+struct ResumeTicket {
+  std::array<std::uint8_t, 16> id{};
+  std::array<std::uint8_t, 32> secret{};
+  std::uint32_t timeout_ms = 0;  // how long the responder keeps a lost channel
+  friend bool operator==(const ResumeTicket&, const ResumeTicket&) = default;
+};
+
+// HELLO call and reply bodies have the same shape. With kFeatureResume in features, a ticket
+// follows (the initiator's is all zeros: it asks for one).
 struct Hello {
   std::uint32_t version = kProgramVersion;
   std::uint64_t features = kFeatures;
@@ -84,7 +105,18 @@ struct Hello {
   std::string hostname;           // for messages only
   std::uint32_t window = 0;       // receive window per stream, bytes
   std::uint32_t max_payload = 0;  // largest stream payload the sender will emit
+  ResumeTicket ticket;            // only on the wire with kFeatureResume
   friend bool operator==(const Hello&, const Hello&) = default;
+};
+
+// RESUME call: the ticket's id and secret and how many bytes of the channel's byte stream the
+// caller has received; the reply says the same of the responder. Each side then sends again
+// everything past what the other received.
+struct ResumeRequest {
+  std::array<std::uint8_t, 16> id{};
+  std::array<std::uint8_t, 32> secret{};
+  std::uint64_t received = 0;
+  friend bool operator==(const ResumeRequest&, const ResumeRequest&) = default;
 };
 
 struct OpenTunnel {
@@ -112,6 +144,13 @@ void encode_open_tunnel(std::vector<std::uint8_t>& out, const OpenTunnel& o);
 Result<OpenTunnel> decode_open_tunnel(std::span<const std::uint8_t> body);
 void encode_credit(std::vector<std::uint8_t>& out, std::uint32_t bytes);
 Result<std::uint32_t> decode_credit(std::span<const std::uint8_t> body);
+void encode_resume_request(std::vector<std::uint8_t>& out, const ResumeRequest& r);
+Result<ResumeRequest> decode_resume_request(std::span<const std::uint8_t> body);
+// The RESUME reply and ACK bodies: a byte count.
+void encode_received(std::vector<std::uint8_t>& out, std::uint64_t received);
+Result<std::uint64_t> decode_received(std::span<const std::uint8_t> body);
+void encode_goodbye(std::vector<std::uint8_t>& out, const std::string& reason);
+Result<std::string> decode_goodbye(std::span<const std::uint8_t> body);
 void encode_remote_error(std::vector<std::uint8_t>& out, const RemoteError& e);
 Result<RemoteError> decode_remote_error(std::span<const std::uint8_t> body);
 

@@ -41,35 +41,36 @@ void make_pipe(unique_fd& r, unique_fd& w, std::size_t size) {
 }  // namespace
 
 Stream::Stream(StreamLink& link, std::uint32_t serial, std::string target, std::string tag,
-               unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice)
+               unique_fd local, const StreamParams& params)
     : link_(link),
       counters_(link.counters()),
       serial_(serial),
       target_(std::move(target)),
       tag_(std::move(tag)),
       local_(std::move(local)),
-      chunk_(chunk),
-      window_(window) {
-  if (splice) {
+      chunk_(params.chunk),
+      tx_slack_(params.tx_slack),
+      window_(params.window) {
+  if (params.splice) {
     // Room for the whole window even if pages arrive partly filled: twice the window.
     make_pipe(pipe_r_, pipe_w_, 2 * window_);
     if (!pipe_r_) spdlog::debug("stream {}: receive pipe refused; receiving by copy", serial_);
   }
   if (!pipe_r_) rx_.resize(window_);
   // Local → peer by splice too (socket → pipe → channel): two chunks fit the pipe, with room.
-  if (pipe_r_) {
+  if (pipe_r_ && params.splice_tx) {
     make_pipe(tx_pipe_r_, tx_pipe_w_, 4 * chunk_);
     if (!tx_pipe_r_) spdlog::debug("stream {}: transmit pipe refused; sending by copy", serial_);
   }
   if (!tx_pipe_r_) {
-    for (auto& b : tx_) b.bytes.resize(kPrefixSize + chunk_);
     recv_op_.set_handler([this, next = completion("reading the local socket", &Stream::on_recv)](
                              int res, std::uint32_t flags) {
-      // The buffer and the credit reserved for this recv come back first, whatever happened.
+      // The credit reserved for this recv comes back first, whatever happened; so does the ring
+      // space unless bytes came in.
       const std::size_t got = res > 0 ? static_cast<std::size_t>(res) : 0;
       tx_credit_ += recv_reserved_ - got;
       recv_reserved_ = 0;
-      tx_[receiving_index_].free = true;
+      if (got == 0) tx_->cancel();
       next(res, flags);
     });
   } else {
@@ -129,6 +130,11 @@ void Stream::start(std::uint32_t credit) {
   // The pipes drain and fill by plain splice calls, which must not block.
   if (pipe_r_ || tx_pipe_r_) set_nonblocking(local_.get());
   tx_credit_ = credit;
+  // The peer's window in flight, what waits for acknowledgement, and two records' worth that
+  // cannot wrap.
+  if (!tx_pipe_r_) {
+    tx_ = std::make_unique<TxRing>(credit + tx_slack_ + 2 * (kPrefixSize + chunk_));
+  }
   arm_recv();
 }
 
@@ -140,15 +146,17 @@ void Stream::arm_recv() {
     fill_pipe();
     return;
   }
-  auto it = std::find_if(tx_.begin(), tx_.end(), [](const TxBuffer& b) { return b.free; });
-  if (it == tx_.end()) return;
+  // A packet of at least a page (or of all the credit there is), as large as a chunk.
   const std::size_t len = std::min<std::uint64_t>(chunk_, tx_credit_);
-  tx_credit_ -= len;
-  recv_reserved_ = len;
-  receiving_index_ = static_cast<int>(it - tx_.begin());
-  it->free = false;
-  io_uring_prep_recv(link_.ring().prepare(recv_op_), local_.get(), it->bytes.data() + kPrefixSize,
-                     len, 0);
+  const std::size_t least = std::min<std::size_t>(len, 4096);
+  std::span<std::uint8_t> room = tx_->reserve(kPrefixSize + len, kPrefixSize + least);
+  if (room.empty()) return;  // the ring is full: a record coming back calls here again
+  const std::size_t take = room.size() - kPrefixSize;
+  tx_credit_ -= take;
+  recv_reserved_ = take;
+  receiving_ = room.data();
+  io_uring_prep_recv(link_.ring().prepare(recv_op_), local_.get(), room.data() + kPrefixSize, take,
+                     0);
 }
 
 void Stream::on_recv(int res) {
@@ -163,11 +171,9 @@ void Stream::on_recv(int res) {
   const auto got = static_cast<std::size_t>(res);
   bytes_to_peer_ += got;
   if (counters_) TrafficCounters::add(counters_->bytes_sent, got);
-  TxBuffer& buf = tx_[receiving_index_];
-  buf.free = false;  // lent to the write queue
-  write_prefix(buf.bytes.data(), stream_header(serial_, PacketStatus::cont), got);
-  link_.send_payload(
-      BufferLease(*this, receiving_index_, std::span(buf.bytes.data(), kPrefixSize + got)));
+  const std::uint32_t id = tx_->commit(kPrefixSize + got);  // lent to the write queue
+  write_prefix(receiving_, stream_header(serial_, PacketStatus::cont), got);
+  link_.send_payload(BufferLease(*this, id, std::span(receiving_, kPrefixSize + got)));
   arm_recv();
 }
 
@@ -218,8 +224,8 @@ void Stream::local_ended() {
   maybe_finish();
 }
 
-void Stream::buffer_returned(int index) {
-  tx_[index].free = true;
+void Stream::buffer_returned(std::uint32_t id) {
+  tx_->release(id);
   if (state_ == State::closed) {
     link_.done(serial_);
     return;
@@ -408,8 +414,7 @@ void Stream::grant_credit() {
 // ---- Opening and closing ----
 
 bool Stream::tx_idle() const {
-  return tx_piped_ == 0 &&
-         std::all_of(tx_.begin(), tx_.end(), [](const TxBuffer& b) { return b.free; });
+  return tx_piped_ == 0 && (!tx_ || tx_->empty());
 }
 
 void Stream::maybe_finish() {

@@ -16,6 +16,7 @@
 #include "tunnel/ring.hpp"
 #include "tunnel/stream_link.hpp"
 #include "tunnel/tx_lease.hpp"
+#include "tunnel/tx_ring.hpp"
 #include "tunnel/unique_fd.hpp"
 
 namespace nbdtunnel::tunnel {
@@ -25,14 +26,27 @@ namespace nbdtunnel::tunnel {
 // past fs.pipe-max-size (1 MiB by default), so this is often less than asked for.
 std::uint32_t splice_window_limit(std::uint32_t window);
 
+// How a stream moves its bytes; the channel sets it for all of its streams.
+struct StreamParams {
+  std::uint32_t window = 0;  // our receive window
+  std::uint32_t chunk = 0;   // payload bytes per packet we send
+  // Peer → local by splice (socket → pipe → socket, no copy through user space) instead of
+  // through a user-space ring; only when the channel's transport can splice.
+  bool splice = false;
+  // Local → peer by splice too. Not on a resumable channel: what was sent must be kept until the
+  // peer acknowledges it, and a pipe gives its bytes up as they leave.
+  bool splice_tx = false;
+  // Copy mode: transmit memory beyond the peer's window, for bytes that wait for the channel's
+  // acknowledgement (resumable channels) and for records that cannot wrap.
+  std::size_t tx_slack = 0;
+};
+
 class Stream final : private TxOwner {
  public:
   enum class State { opening, open, closed };
 
-  // splice: bytes move socket → pipe → socket in both directions (no copy through user space)
-  // instead of through user-space buffers; only when the channel's transport can splice.
   Stream(StreamLink& link, std::uint32_t serial, std::string target, std::string tag,
-         unique_fd local, std::uint32_t window, std::uint32_t chunk, bool splice);
+         unique_fd local, const StreamParams& params);
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
@@ -61,15 +75,10 @@ class Stream final : private TxOwner {
   bool idle() const;
 
  private:
-  struct TxBuffer {
-    std::vector<std::uint8_t> bytes;  // kPrefixSize header room + chunk payload
-    bool free = true;
-  };
-
   // The handler for a completion on the local socket: a closed stream only reports it (to be
   // reaped), an error aborts the stream ("<what> failed: ..."), anything else goes to next.
   Op::Handler completion(const char* what, void (Stream::*next)(int res));
-  void buffer_returned(int index) override;
+  void buffer_returned(std::uint32_t id) override;
   void pipe_returned(std::size_t n) override;
 
   // Local → peer.
@@ -103,10 +112,12 @@ class Stream final : private TxOwner {
   std::uint64_t bytes_to_peer_ = 0;
   std::uint64_t bytes_from_peer_ = 0;
 
-  // Local → peer: two transmit buffers (copy), or a pipe holding up to two chunks (splice).
+  // Local → peer: a ring of records (copy; sized when the peer's window is known), or a pipe
+  // holding up to two chunks (splice).
   std::uint32_t chunk_;
-  std::array<TxBuffer, 2> tx_;
-  int receiving_index_ = -1;
+  std::size_t tx_slack_;
+  std::unique_ptr<TxRing> tx_;
+  std::uint8_t* receiving_ = nullptr;  // the record a recv in flight fills
   std::size_t recv_reserved_ = 0;
   std::uint64_t tx_credit_ = 0;
   bool local_eof_ = false;

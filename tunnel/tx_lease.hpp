@@ -16,8 +16,8 @@ namespace nbdtunnel::tunnel {
 // What a lease returns to when it ends.
 class TxOwner {
  public:
-  // The buffer lent as `index` is free again.
-  virtual void buffer_returned(int index) = 0;
+  // The buffer lent as `id` is free again.
+  virtual void buffer_returned(std::uint32_t id) = 0;
   // A packet of n payload bytes taken from the owner's pipe was sent or dropped.
   virtual void pipe_returned(std::size_t n) = 0;
 
@@ -28,7 +28,7 @@ class TxOwner {
 // A whole packet (prefix and payload) in one of the owner's transmit buffers.
 class BufferLease {
  public:
-  BufferLease(TxOwner& owner, int index, std::span<const std::uint8_t> packet)
+  BufferLease(TxOwner& owner, std::uint32_t index, std::span<const std::uint8_t> packet)
       : owner_(&owner), index_(index), packet_(packet) {}
   BufferLease(BufferLease&& o) noexcept
       : owner_(std::exchange(o.owner_, nullptr)), index_(o.index_), packet_(o.packet_) {}
@@ -50,7 +50,7 @@ class BufferLease {
     if (auto* o = std::exchange(owner_, nullptr)) o->buffer_returned(index_);
   }
   TxOwner* owner_;
-  int index_;
+  std::uint32_t index_;
   std::span<const std::uint8_t> packet_;
 };
 

@@ -36,8 +36,10 @@ class RecordingLink final : public StreamLink {
 class StreamTableTest : public ::testing::Test {
  protected:
   std::unique_ptr<Stream> stream(std::uint32_t serial) {
-    return std::make_unique<Stream>(link_, serial, "target", "tag", unique_fd{}, kMinWindow,
-                                    kMinWindow, false);
+    StreamParams params;
+    params.window = kMinWindow;
+    params.chunk = kMinWindow;
+    return std::make_unique<Stream>(link_, serial, "target", "tag", unique_fd{}, params);
   }
   void run() {
     io_.restart();

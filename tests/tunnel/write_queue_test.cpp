@@ -1,6 +1,7 @@
 // WriteQueue over a scripted transport: order, batching, partial writes, waits for room, pipe
 // payloads, the control-packet budget, close and write errors, and a transport that holds bytes
-// it accepted (as TLS holds records) until the socket takes them.
+// it accepted (as TLS holds records) until the socket takes them; retention for resumable
+// channels: acknowledgement, detach and attach to a new transport from the peer's byte count.
 
 #include "tunnel/write_queue.hpp"
 
@@ -115,7 +116,9 @@ class ScriptedTransport final : public Transport {
 
 // Counts what its leases return.
 struct Owner final : TxOwner {
-  void buffer_returned(int index) override { returned.push_back(index); }
+  void buffer_returned(std::uint32_t index) override {
+    returned.push_back(static_cast<int>(index));
+  }
   void pipe_returned(std::size_t n) override { pipe_bytes += n; }
   std::vector<int> returned;
   std::size_t pipe_bytes = 0;
@@ -313,6 +316,94 @@ TEST_F(WriteQueueTest, HeldBytesGoOutBeforeLaterItemsAndCloseEndsTheWait) {
   run();
   EXPECT_TRUE(idle);
   EXPECT_FALSE(queue().busy());
+}
+
+}  // namespace
+}  // namespace nbdtunnel::tunnel
+
+namespace nbdtunnel::tunnel {
+namespace {
+
+class RetainingQueueTest : public WriteQueueTest {
+ protected:
+  ScriptedTransport second_{ring_};
+};
+
+TEST_F(RetainingQueueTest, AcknowledgedItemsAreReleasedAndOthersKept) {
+  queue().retain();
+  const Bytes a = bytes(10, 0), b = bytes(20, 100);
+  queue().push(BufferLease(owner_, 0, a));
+  queue().push(BufferLease(owner_, 1, b));
+  run();
+  EXPECT_EQ(transport_.wire.size(), 30u);
+  EXPECT_TRUE(owner_.returned.empty());  // written, but kept for the peer
+  EXPECT_EQ(queue().unacknowledged(), 30u);
+  ASSERT_TRUE(queue().ack(15));  // inside b: only a goes
+  EXPECT_EQ(owner_.returned, std::vector<int>({0}));
+  ASSERT_TRUE(queue().ack(30));
+  EXPECT_EQ(owner_.returned, std::vector<int>({0, 1}));
+  EXPECT_FALSE(queue().ack(31));  // more than was sent
+}
+
+TEST_F(RetainingQueueTest, AttachSendsFirstThenEverythingPastWhatThePeerReceived) {
+  queue().retain();
+  const Bytes a = bytes(10, 0), b = bytes(20, 100), c = bytes(5, 200);
+  queue().push(BufferLease(owner_, 0, a));
+  ASSERT_TRUE(queue().push(b));
+  run();
+  queue().detach();
+  queue().push(BufferLease(owner_, 2, c));  // queued while detached: not written anywhere
+  run();
+  EXPECT_EQ(transport_.wire.size(), 30u);
+  const Bytes first = bytes(3, 50);
+  ASSERT_TRUE(queue().attach(second_, 12, first));
+  run();
+  Bytes expect = first;
+  expect.insert(expect.end(), b.begin() + 2, b.end());
+  expect.insert(expect.end(), c.begin(), c.end());
+  EXPECT_EQ(second_.wire, expect);
+  EXPECT_EQ(owner_.returned, std::vector<int>({0}));  // a was acknowledged by the attach
+  EXPECT_EQ(queue().sent(), 35u);
+}
+
+TEST_F(RetainingQueueTest, AttachFromAPartlyWrittenItem) {
+  queue().retain();
+  const Bytes a = bytes(40, 0);
+  transport_.room = 25;
+  queue().push(BufferLease(owner_, 0, a));
+  run();
+  queue().detach();
+  ASSERT_TRUE(queue().attach(second_, 20));
+  run();
+  EXPECT_EQ(second_.wire, Bytes(a.begin() + 20, a.end()));
+}
+
+TEST_F(RetainingQueueTest, AttachRefusesACountOutsideWhatIsKept) {
+  queue().retain();
+  const Bytes a = bytes(10, 0), b = bytes(10, 10);
+  queue().push(BufferLease(owner_, 0, a));
+  queue().push(BufferLease(owner_, 1, b));
+  run();
+  ASSERT_TRUE(queue().ack(10));
+  queue().detach();
+  EXPECT_FALSE(queue().attach(second_, 5));   // acknowledged before: no longer kept
+  EXPECT_FALSE(queue().attach(second_, 21));  // never sent
+  ASSERT_TRUE(queue().attach(second_, 20));
+  run();
+  EXPECT_TRUE(second_.wire.empty());
+}
+
+TEST_F(RetainingQueueTest, AWriteErrorDetachesInsteadOfClosing) {
+  queue().retain();
+  transport_.error = system_error(ECONNRESET, "send failed");
+  const Bytes a = bytes(10, 0);
+  queue().push(BufferLease(owner_, 0, a));
+  run();
+  ASSERT_EQ(failures_.size(), 1u);
+  EXPECT_TRUE(owner_.returned.empty());  // kept for the next connection
+  ASSERT_TRUE(queue().attach(second_, 0));
+  run();
+  EXPECT_EQ(second_.wire, a);
 }
 
 }  // namespace
