@@ -1,6 +1,6 @@
 // Every body decoder of tunnel/protocol.hpp on the same arbitrary bytes: HELLO, OPEN_TUNNEL,
-// STREAM_CREDIT, remote_error. Each either refuses with a message or returns a body within the
-// protocol's limits, and decode(encode(x)) == x.
+// STREAM_CREDIT, RESUME, ACK (and the RESUME reply), GOODBYE, remote_error. Each either refuses
+// with a message or returns a body within the protocol's limits, and decode(encode(x)) == x.
 #include "fuzz/fuzz_check.hpp"
 #include "tunnel/protocol.hpp"
 
@@ -42,6 +42,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (Result<std::uint32_t> c = decode_credit(in); !refused(c)) {
     FUZZ_CHECK(size == 4);
     round_trip(*c, encode_credit, decode_credit);
+  }
+  if (Result<ResumeRequest> q = decode_resume_request(in); !refused(q)) {
+    FUZZ_CHECK(size == 16 + 32 + 8);
+    round_trip(*q, encode_resume_request, decode_resume_request);
+  }
+  if (Result<std::uint64_t> n = decode_received(in); !refused(n)) {
+    FUZZ_CHECK(size == 8);
+    round_trip(*n, encode_received, decode_received);
+  }
+  if (Result<std::string> g = decode_goodbye(in); !refused(g)) {
+    FUZZ_CHECK(g->size() <= kMaxStringLen);
+    round_trip(*g, encode_goodbye, decode_goodbye);
   }
   if (Result<RemoteError> e = decode_remote_error(in); !refused(e)) {
     for (const auto* s : {&e->message, &e->str1, &e->str2, &e->str3}) {

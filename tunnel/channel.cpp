@@ -772,7 +772,9 @@ void Channel::close(const std::string& reason) {
   for (Stream* s : streams_.open_streams()) {
     s->abort(ErrorCode::shutdown, "channel closed: " + reason, false);
   }
-  // What is queued will never be sent: its leases return to their (now closed) streams.
+  // What the socket takes now goes (an ERROR reply that explains the close); the rest will
+  // never be sent: its leases return to their (now closed) streams.
+  if (transport_) out_.flush_now();
   out_.close();
   // Calls still waiting for a reply fail now, each with the reason.
   auto pending = std::move(pending_calls_);

@@ -44,6 +44,11 @@ class WriteQueue {
   Status push(ControlPacket packet);
   void push(BufferLease lease);
   void push(PipeLease lease);
+  // Writes what the transport takes now, without waiting (before a close, so that a last
+  // reply gets out).
+  void flush_now() {
+    if (!flushing_ && !op_.busy() && !closed_ && !detached_) flush();
+  }
   // Drops everything queued and retained (each lease returns to its owner) and refuses what
   // comes later.
   void close();

@@ -91,7 +91,10 @@ TEST_F(TunnelFaultTest, AbsentTargetPathIsRefused) {
   EXPECT_EQ(source.count_in_log("channel connected to"), 1U) << "the channel was re-established";
 }
 
-TEST_F(TunnelFaultTest, ChannelLostClosesLocalAndReconnects) {
+// The dest dies: the source keeps the channel (and its local connection) while it tries to
+// resume it; the restarted dest does not know the channel and refuses, so the source closes the
+// local connection, says why, and opens a new channel that works.
+TEST_F(TunnelFaultTest, DestRestartedRefusesResumeAndTheSourceStartsOver) {
   start_target();
   auto dest = start_dest(dir_, {"nbd=" + target_sock_});
   const int port = dest.port;
@@ -105,11 +108,40 @@ TEST_F(TunnelFaultTest, ChannelLostClosesLocalAndReconnects) {
   const std::size_t mark = source.log_mark();
   dest.process.signal(SIGKILL);
   ASSERT_TRUE(dest.process.wait_exit(kShort));
+  EXPECT_TRUE(
+      source.wait_for_log("connection to [^\\s]+ lost .*reconnecting to resume", kShort, mark))
+      << "no 'lost ... reconnecting to resume' line";
+  EXPECT_FALSE(local.wait_closed(Seconds(1))) << "the local connection closed while resuming";
+
+  auto dest2 = start_dest(dir_, {"nbd=" + target_sock_}, {}, port, "dest2");
+  EXPECT_TRUE(
+      source.wait_for_log("channel lost .*not resumed: the destination refused", kShort, mark))
+      << "no line saying the restarted dest refused to resume the channel";
+  EXPECT_TRUE(local.wait_closed(kShort)) << "a local connection stayed open after the refusal";
+  EXPECT_TRUE(source.wait_for_log("channel connected to", Seconds(30), mark))
+      << "the source did not connect a new channel to the new dest on port " << port;
+  EXPECT_TRUE(stream_works(local_sock_, 2));
+}
+
+// With resume turned off on the dest, a lost channel closes its local connections at once and
+// the source reconnects with backoff, as before resume existed.
+TEST_F(TunnelFaultTest, WithoutResumeAChannelLostClosesLocalAndReconnects) {
+  start_target();
+  auto dest = start_dest(dir_, {"nbd=" + target_sock_}, {"--resume-timeout", "0"});
+  const int port = dest.port;
+  auto source = start_source(dir_, port, {local_sock_ + "=nbd"});
+  auto local = RawSocket::connect_unix(local_sock_);
+  ASSERT_TRUE(local.read_exact(8, kShort).value_or("") == "NBDMAGIC")
+      << "no NBD greeting through the tunnel";
+
+  const std::size_t mark = source.log_mark();
+  dest.process.signal(SIGKILL);
+  ASSERT_TRUE(dest.process.wait_exit(kShort));
   EXPECT_TRUE(source.wait_for_log("channel lost", kShort, mark)) << "no 'channel lost' line";
   EXPECT_TRUE(local.wait_closed(kShort)) << "a local connection stayed open after channel loss";
   EXPECT_TRUE(source.wait_for_log("reconnecting", kShort, mark)) << "no 'reconnecting' line";
 
-  auto dest2 = start_dest(dir_, {"nbd=" + target_sock_}, {}, port, "dest2");
+  auto dest2 = start_dest(dir_, {"nbd=" + target_sock_}, {"--resume-timeout", "0"}, port, "dest2");
   EXPECT_TRUE(source.wait_for_log("channel connected to", Seconds(30), mark))
       << "the source did not reconnect to a new dest on port " << port;
   EXPECT_TRUE(stream_works(local_sock_, 2));
