@@ -52,7 +52,8 @@ awaitable<std::unique_ptr<tunnel::Transport>> DestLink::dial(std::chrono::millis
   }
   auto [cec, ep] = std::get<0>(r);
   if (cec) {
-    throw DestUnreachable(fmt::format("destination {} unreachable: {}", where, cec.message()));
+    throw DestUnreachable(fmt::format("destination {} unreachable: {}", where, cec.message()),
+                          cec == asio::error::connection_refused);
   }
   tunnel::unique_fd connected(sock.release());
   if (o_.tls) co_return co_await tls_handshake(std::move(connected));
@@ -100,8 +101,10 @@ awaitable<void> DestLink::reconnect() {
   const std::weak_ptr<bool> alive = alive_;
   reconnecting_ = true;
   std::chrono::milliseconds backoff = 100ms;
+  std::optional<std::chrono::steady_clock::time_point> refused_since;
   while (!alive.expired() && channel_ && channel_->detached() && !closed_) {
     std::string failure;
+    bool refused = false;
     try {
       std::unique_ptr<tunnel::Transport> transport =
           co_await dial(std::min<std::chrono::milliseconds>(o_.connect_timeout, 2s));
@@ -128,8 +131,22 @@ awaitable<void> DestLink::reconnect() {
       failure = outcome->error().message;
     } catch (const DestUnreachable& e) {
       failure = e.what();
+      refused = e.refused;
     }
     if (alive.expired()) co_return;
+    if (!refused) {
+      refused_since.reset();
+    } else if (!refused_since) {
+      refused_since = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - *refused_since >= tunnel::kRefusedGiveUp) {
+      if (channel_ && !closed_) {
+        channel_->close(fmt::format(
+            "connection lost and not resumed: the destination daemon is not running ({} for {} "
+            "s), so it cannot have kept the channel",
+            failure, tunnel::kRefusedGiveUp.count()));
+      }
+      break;
+    }
     if (channel_ && !closed_) channel_->note_resume_failure(failure);
     co_await nap(backoff);
     backoff = std::min<std::chrono::milliseconds>(backoff * 2, 1s);

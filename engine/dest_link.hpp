@@ -32,7 +32,9 @@ struct DestLinkOptions {
 
 // Why the destination could not be reached; the message names it and the cause.
 struct DestUnreachable : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit DestUnreachable(const std::string& what, bool was_refused = false)
+      : std::runtime_error(what), refused(was_refused) {}
+  bool refused;  // the host answered that nothing listens on the port
 };
 
 // What the owner hears of a lost connection (on the io thread).

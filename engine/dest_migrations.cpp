@@ -126,8 +126,28 @@ boost::asio::awaitable<void> DestMigrations::prepare(std::weak_ptr<bool> alive,
   }
   const bool check_only = (req.flags & kPrepareCheckOnly) != 0;
   if (!check_only) {
+    // A migration whose channel lost its connection may still be resumed, but not once the QEMU
+    // is wanted for a new one: its engine is most likely gone (killed), and whoever prepares
+    // now has authenticated like it. It is ended, and its cleanup waited for.
+    bool superseded = false;
+    for (auto& [id, m] : migrations_) {
+      if (m.owner == channel || !m.owner->detached()) continue;
+      spdlog::warn(
+          "migration {}: its channel lost its connection and waits to be resumed, but a "
+          "new migration is being prepared: ending it",
+          id);
+      const_cast<tunnel::Channel*>(m.owner)->close(
+          "superseded: a new migration was prepared while the connection was lost");
+      superseded = true;
+    }
     // The previous migration may still be being cleaned up: wait for that, not for a live one.
-    for (int i = 0; i < 300 && teardowns_ > 0 && migrations_.empty() && !preparing_; ++i) {
+    const auto ending = [this] {
+      return std::any_of(migrations_.begin(), migrations_.end(),
+                         [](const auto& e) { return e.second.owner->closing(); });
+    };
+    for (int i = 0; i < 300 && !preparing_ &&
+                    ((teardowns_ > 0 && migrations_.empty()) || (superseded && ending()));
+         ++i) {
       boost::asio::steady_timer pause(io_, std::chrono::milliseconds(100));
       co_await pause.async_wait(boost::asio::use_awaitable);
     }

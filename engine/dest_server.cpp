@@ -144,9 +144,10 @@ void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
   events.resolve_target = [this](const tunnel::Channel& ch, const std::string& name) {
     return resolve_target(ch, name);
   };
-  events.on_ready = [place, m = options_.metrics](const tunnel::Hello&) {
+  events.on_ready = [this, place, m = options_.metrics](const tunnel::Hello& hello) {
     place->authenticated();
     m->channel_opened();
+    shorten_lost_channels_of(hello.host_id);
   };
   events.on_closed = [this, peer](tunnel::Channel& ch, const std::string& reason) {
     options_.metrics->channel_ended(ch.hello_done(), reason);
@@ -187,6 +188,19 @@ void DestServer::start_channel(std::unique_ptr<tunnel::Transport> transport,
   tunnel::Channel* raw = channel.get();
   channels_.emplace(raw, Connection{std::move(channel), std::move(place), peer});
   raw->start();
+}
+
+// A new channel from a host whose older channel waits to be resumed shows that the network
+// between them works: the older one's initiator, which retries every few seconds, is then most
+// likely gone (killed), and what its channel holds (exports, a half-made libvirt domain) would
+// block the new one for the whole grace period.
+void DestServer::shorten_lost_channels_of(const std::string& host_id) {
+  for (auto& [raw, connection] : channels_) {
+    if (raw->detached() && raw->peer_hello().host_id == host_id) {
+      raw->shorten_grace(kGraceAfterNewChannel,
+                         "a new channel from the same host connected meanwhile");
+    }
+  }
 }
 
 void DestServer::stop(std::function<void()> done) {

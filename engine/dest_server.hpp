@@ -68,6 +68,10 @@ class DestServer {
   tunnel::Result<std::string> resolve_target(const tunnel::Channel& channel,
                                              const std::string& name) const;
   void maybe_stopped();
+  void shorten_lost_channels_of(const std::string& host_id);
+
+  // What is left of a lost channel's grace once its host has connected a new channel.
+  static constexpr std::chrono::milliseconds kGraceAfterNewChannel{10'000};
 
   boost::asio::io_context& io_;
   tunnel::Ring& ring_;

@@ -230,6 +230,12 @@ void MigrationRun::check_failures(const std::string& phase) {
                               "running?",
                               o_.source_qmp));
   }
+  // A closed channel is the cause of the disks' failures that follow it (their streams end).
+  if (link_ && link_->closed()) {
+    throw Failure(
+        kMigrateFailed, phase, "",
+        fmt::format("channel to {} lost: {}", o_.dest.to_string(), link_->close_reason()));
+  }
   for (const DiskCopy& d : disks_) {
     if (!d.error.empty()) {
       // The mirror only writes to the target: no space is the destination's.
@@ -246,11 +252,6 @@ void MigrationRun::check_failures(const std::string& phase) {
       throw Failure(kMigrateFailed, phase, d.spec.node,
                     fmt::format("mirror of '{}' ended unexpectedly", d.spec.node));
     }
-  }
-  if (link_ && link_->closed()) {
-    throw Failure(
-        kMigrateFailed, phase, "",
-        fmt::format("channel to {} lost: {}", o_.dest.to_string(), link_->close_reason()));
   }
 }
 

@@ -89,10 +89,24 @@ void SourceForwarder::on_connect(int res) {
       return;
     }
     spdlog::warn("cannot connect to {}: {}", options_.connect.to_string(), last_error_);
+    if (res != -ECONNREFUSED) {
+      refused_since_.reset();
+    } else if (!refused_since_) {
+      refused_since_ = std::chrono::steady_clock::now();
+    } else if (channel_ && channel_->detached() &&
+               std::chrono::steady_clock::now() - *refused_since_ >= tunnel::kRefusedGiveUp) {
+      channel_->close(fmt::format(
+          "connection lost and not resumed: the destination daemon is not running ({} for {} "
+          "s), so it cannot have kept the channel",
+          last_error_, tunnel::kRefusedGiveUp.count()));
+      schedule_reconnect();
+      return;
+    }
     if (channel_) channel_->note_resume_failure(last_error_);
     schedule_reconnect();
     return;
   }
+  refused_since_.reset();
   if (options_.tls) {
     handshake_ = std::make_unique<tunnel::TlsHandshake>(
         io_, ring_, std::move(connecting_), options_.tls, options_.tls_verify_host,

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,9 @@ class SourceForwarder {
   boost::asio::steady_timer connect_timer_;
   boost::asio::steady_timer backoff_timer_;
   std::chrono::milliseconds backoff_{100};
+  // Since when connecting has been refused without a break (a detached channel gives up after
+  // kRefusedGiveUp of that: nothing listens, the daemon that held it is gone).
+  std::optional<std::chrono::steady_clock::time_point> refused_since_;
   std::string last_error_;
 
   bool stopping_ = false;

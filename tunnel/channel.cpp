@@ -624,13 +624,28 @@ void Channel::lost(const std::string& reason) {
   in_.stop();
   out_.detach();
   transport_->shutdown();
+  arm_grace_timer();
+  if (events_.on_lost) events_.on_lost(*this, reason);
+  maybe_finish_detach();
+}
+
+void Channel::arm_grace_timer() {
   grace_timer_.expires_at(resume_deadline_);
   grace_timer_.async_wait([this, alive = liveness()](const boost::system::error_code& ec) {
     if (ec || alive.expired() || !detached_ || closing_) return;
     fail(not_resumed_reason());
   });
-  if (events_.on_lost) events_.on_lost(*this, reason);
-  maybe_finish_detach();
+}
+
+void Channel::shorten_grace(std::chrono::milliseconds most, const std::string& why) {
+  if (!detached_ || closing_) return;
+  const auto deadline = std::chrono::steady_clock::now() + most;
+  if (deadline >= resume_deadline_) return;
+  spdlog::info("{}: {}: waiting at most {} s more to be resumed", peer_, why,
+               most.count() / 1000.0);
+  resume_deadline_ = deadline;
+  last_resume_failure_ = why;
+  arm_grace_timer();
 }
 
 std::string Channel::not_resumed_reason() const {
@@ -723,7 +738,7 @@ void Channel::attach_pending() {
   transport_ = std::move(a.transport);
   detached_ = false;
   grace_timer_.cancel();
-  acked_ = std::min(acked_, in_.received());
+  acked_ = in_.received();  // the peer learnt it from the RESUME exchange
   in_.attach(*transport_);
   bytes_resent_ += resend;
   const auto outage = std::chrono::steady_clock::now() - lost_at_;

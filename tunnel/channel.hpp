@@ -136,6 +136,8 @@ class Channel final : private StreamLink, private FrameSink {
   void resume(std::unique_ptr<Transport> transport, std::uint64_t peer_received);
   // Initiator: why the last attempt to resume failed, for the message if none succeeds.
   void note_resume_failure(const std::string& why) { last_resume_failure_ = why; }
+  // A detached channel waits at most `most` more (the owner knows its initiator is probably gone).
+  void shorten_grace(std::chrono::milliseconds most, const std::string& why);
   // When the grace period of a detached channel ends.
   std::chrono::steady_clock::time_point resume_deadline() const { return resume_deadline_; }
   // How often the connection was lost (and resumed, but for the last loss if detached now).
@@ -202,6 +204,7 @@ class Channel final : private StreamLink, private FrameSink {
   // The connection failed: detach and wait if the channel is resumable, else fail.
   void lost(const std::string& reason);
   void maybe_finish_detach();
+  void arm_grace_timer();
   // Responder: whether request carries this channel's ticket.
   bool ticket_matches(const ResumeRequest& request) const;
   // Responder: take over a new connection that asked (with call) to resume this channel.

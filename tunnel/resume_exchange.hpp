@@ -23,6 +23,11 @@
 
 namespace nbdtunnel::tunnel {
 
+// An initiator stops trying to resume a lost channel once connecting has been refused for this
+// long: nothing listens on the destination port, so the daemon that held the channel is gone (a
+// restarted one would refuse the RESUME anyway).
+inline constexpr std::chrono::seconds kRefusedGiveUp{3};
+
 class ResumeExchange {
  public:
   struct Resumed {

@@ -159,6 +159,12 @@ def make_transports(a, workdir):
             if a.baseline:
                 out += [tp.Nbdtunnel(a.baseline, m, roles, extra, "baseline", plain_flags=base_plain)
                         for m in modes] or [tp.Nbdtunnel(a.baseline, None, (), extra, "baseline", plain_flags=base_plain)]
+        elif w.startswith("nbdtunnel-noresume"):
+            # The channel as it was before resume: outbound splice, nothing kept for the peer.
+            mode = w.split(":", 1)[1] if ":" in w else None
+            t = tp.Nbdtunnel(a.nbdtunnel, mode, roles or ("dest", "source"), extra, "nbdtunnel-noresume",
+                             plain_flags=plain, dest_args=["--resume-timeout", "0"])
+            out.append(t)
         elif w == "nbdtunnel:default":
             out.append(tp.Nbdtunnel(a.nbdtunnel, None, (), extra, plain_flags=plain))
         elif w.startswith("nbdtunnel:"):

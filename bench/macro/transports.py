@@ -86,8 +86,9 @@ class Nbdtunnel(Transport):
     """
 
     def __init__(self, binary, mode=None, mode_roles=(), extra_args=(), label="nbdtunnel",
-                 tls_dir=None, plain_flags=()):
+                 tls_dir=None, plain_flags=(), dest_args=()):
         self.binary = binary
+        self.dest_args = list(dest_args)  # for the dest only (e.g. --resume-timeout 0)
         self.mode = mode
         self.mode_roles = mode_roles  # roles whose --help offers --copy-mode
         self.extra = list(extra_args)
@@ -97,11 +98,12 @@ class Nbdtunnel(Transport):
                             f"copy mode {mode or 'default'}, "
                             + (f"mutual TLS (--tls-dir {tls_dir}, certificates by scripts/make-certs.sh)"
                                if tls_dir else "no TLS" + (f" ({' '.join(plain_flags)})" if plain_flags else ""))
-                            + (f", extra args {' '.join(self.extra)}" if self.extra else ""))
+                            + (f", extra args {' '.join(self.extra)}" if self.extra else "")
+                            + (f", dest args {' '.join(self.dest_args)}" if self.dest_args else ""))
         self._procs = []
 
     def _role_args(self, role):
-        args = self.tls + self.extra
+        args = self.tls + self.extra + (self.dest_args if role == "dest" else [])
         if self.mode and role in self.mode_roles:
             args += ["--copy-mode", self.mode]
         return args

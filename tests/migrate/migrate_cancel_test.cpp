@@ -25,9 +25,9 @@ struct Hosts {
   TunnelDest dest;
 };
 
-Hosts start_hosts(const TempDir& dir) {
+Hosts start_hosts(const TempDir& dir, const std::vector<std::string>& dest_args = {}) {
   StorageHosts s = start_storage_hosts(dir, kSize, 401);
-  auto dest = start_migration_dest(dir, s.dst);
+  auto dest = start_migration_dest(dir, s.dst, kDestHostId, "dest", dest_args);
   return Hosts{std::move(s.src), std::move(s.dst), std::move(dest)};
 }
 
@@ -157,12 +157,13 @@ TEST(MigrateCancel, CancelInSyncLeavesBothSidesClean) {
   expect_cancelled_cleanly(dir, h, run);
 }
 
-// The engine dies without a word: the destination notices the closed channel and removes its
-// exports by itself. (The source's job is left to whoever kills the engine this way.)
+// The engine dies without a word: the destination notices the lost channel, keeps it for its
+// grace period (a lost connection may come back), then removes its exports by itself. (The
+// source's job is left to whoever kills the engine this way.)
 TEST(MigrateCancel, MigrateKilledLeavesDestinationClean) {
   NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
   TempDir dir;
-  Hosts h = start_hosts(dir);
+  Hosts h = start_hosts(dir, {"--resume-timeout", "3"});
   MigrateRun run(dir, "migrate",
                  migrate_args(h.src, h.dest.port, {"disk0"}, {"--json", "--bandwidth", kSlow}));
   ASSERT_TRUE(wait_copying(run));

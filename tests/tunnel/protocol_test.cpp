@@ -75,6 +75,73 @@ TEST(Protocol, HelloRoundTrip) {
   EXPECT_EQ(d->max_payload, h.max_payload);
 }
 
+TEST(Protocol, HelloWithResumeCarriesTheTicket) {
+  Hello h;
+  h.window = 1u << 20;
+  h.max_payload = 1024;
+  h.features = kFeatureResume;
+  for (std::size_t i = 0; i < h.ticket.id.size(); ++i)
+    h.ticket.id[i] = static_cast<std::uint8_t>(i);
+  h.ticket.secret.fill(0xab);
+  h.ticket.timeout_ms = 30'000;
+  Bytes body;
+  encode_hello(body, h);
+  Hello plain = h;
+  plain.features = 0;
+  Bytes plain_body;
+  encode_hello(plain_body, plain);
+  // The ticket follows the fixed fields: id[16], secret[32], timeout (big-endian).
+  ASSERT_EQ(body.size(), plain_body.size() + 16 + 32 + 4);
+  EXPECT_EQ(body[plain_body.size()], 0x00);
+  EXPECT_EQ(body[plain_body.size() + 15], 0x0f);
+  EXPECT_EQ(body[plain_body.size() + 16], 0xab);
+  EXPECT_EQ(Bytes(body.end() - 4, body.end()), (Bytes{0x00, 0x00, 0x75, 0x30}));
+  Result<Hello> d = decode_hello(body);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(*d, h);
+  // Without the feature bit the ticket is not on the wire (and comes back as zeros).
+  Result<Hello> p2 = decode_hello(plain_body);
+  ASSERT_TRUE(p2.ok());
+  EXPECT_EQ(p2->ticket, ResumeTicket{});
+}
+
+TEST(Protocol, HelloWithAnAbsurdResumeTimeoutIsRefused) {
+  Hello h;
+  h.window = 1u << 20;
+  h.max_payload = 1024;
+  h.features = kFeatureResume;
+  h.ticket.timeout_ms = kMaxResumeTimeoutMs + 1;
+  Bytes body;
+  encode_hello(body, h);
+  EXPECT_FALSE(decode_hello(body).ok());
+}
+
+TEST(Protocol, ResumeBodiesRoundTripAndRefuseTruncation) {
+  ResumeRequest q;
+  q.id.fill(1);
+  q.secret.fill(2);
+  q.received = 0x0102030405060708ull;
+  Bytes body;
+  encode_resume_request(body, q);
+  ASSERT_EQ(body.size(), 16u + 32u + 8u);
+  EXPECT_EQ(Bytes(body.end() - 8, body.end()), (Bytes{1, 2, 3, 4, 5, 6, 7, 8}));
+  Result<ResumeRequest> d = decode_resume_request(body);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(*d, q);
+  for (std::size_t n = 0; n < body.size(); ++n) {
+    EXPECT_FALSE(decode_resume_request(std::span(body).first(n)).ok()) << n;
+  }
+  Bytes ack;
+  encode_received(ack, 42);
+  EXPECT_EQ(ack, (Bytes{0, 0, 0, 0, 0, 0, 0, 42}));
+  EXPECT_EQ(*decode_received(ack), 42u);
+  ack.push_back(0);
+  EXPECT_FALSE(decode_received(ack).ok()) << "trailing bytes";
+  Bytes bye;
+  encode_goodbye(bye, "idle");
+  EXPECT_EQ(*decode_goodbye(bye), "idle");
+}
+
 TEST(Protocol, HelloWithWindowOutOfRangeIsRefused) {
   Hello h;
   h.window = 1;
