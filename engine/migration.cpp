@@ -155,6 +155,20 @@ class MigrationRun {
     phase_ = p;
     report_->phase(p);
   }
+  // Why `mib` cannot be a limit for these disks ("" when it can): QEMU takes a speed of 0 bytes/s
+  // for no limit, so a positive value that rounds to 0 per disk would lift the limit instead.
+  std::string bandwidth_problem(double mib) const {
+    const double per_disk =
+        mib * 1024 * 1024 / static_cast<double>(std::max<std::size_t>(1, disks_.size()));
+    if (mib > 0 && per_disk < 1) {
+      return fmt::format(
+          "{} MiB/s is less than 1 byte/s for each of the {} disk(s), which QEMU would take for no "
+          "limit: give 0 for no limit, or at least {:.3g} MiB/s",
+          mib, disks_.size(), static_cast<double>(disks_.size()) / (1024 * 1024));
+    }
+    if (!(per_disk < 9.2e18)) return fmt::format("{} MiB/s is beyond what QEMU takes", mib);
+    return "";
+  }
   std::uint64_t per_disk_speed() const {
     if (bandwidth_mib_ <= 0 || disks_.empty()) return 0;
     return static_cast<std::uint64_t>(bandwidth_mib_ * 1024 * 1024 /
@@ -425,6 +439,8 @@ awaitable<void> MigrationRun::start_mirrors() {
   for (DiskCopy& d : disks_) {
     if (cancel_requested_) co_return;
     try {
+      // No reconnect-delay: after cleanup cuts the socket, blockdev-del of the node would block
+      // the source QEMU for that long (docs/DESIGN-NOTES.md, "reconnect-delay").
       co_await qmp::blockdev_add_nbd(*src_, d.nbd_node, tunnel_socket_, d.spec.dest_node);
       d.nbd_added = true;
       // blockdev-mirror wants equal sizes: a larger destination is written through a raw view
@@ -614,6 +630,10 @@ awaitable<json> MigrationRun::control(const std::string& command, const json& ar
         args["mib-per-sec"].get<double>() < 0) {
       throw ControlError("GenericError", "set-bandwidth needs \"mib-per-sec\": a number >= 0");
     }
+    if (const std::string why = bandwidth_problem(args["mib-per-sec"].get<double>());
+        !why.empty()) {
+      throw ControlError("GenericError", "set-bandwidth: " + why);
+    }
     bandwidth_mib_ = args["mib-per-sec"].get<double>();
     for (DiskCopy& d : disks_) {
       if (d.job_started && !d.job_ended) {
@@ -648,6 +668,9 @@ awaitable<int> MigrationRun::run() {
   std::string result = "completed";
   std::optional<Failure> failure;
   try {
+    if (const std::string why = bandwidth_problem(bandwidth_mib_); !why.empty()) {
+      throw Failure(kMigrateUsage, "connect", "", "--bandwidth: " + why);
+    }
     if (!o_.control_socket.empty()) {
       control_ = std::make_unique<ControlServer>(
           io_.get_executor(), o_.control_socket,

@@ -3,7 +3,7 @@
 # bench (direct NBD vs nbdtunnel vs socat vs ssh) and writes bench/results/RESULTS-<date>.md and
 # results-<date>.json. See bench/README.md.
 #
-#   scripts/bench.sh [--quick] [--tls] [--micro | --micro-only] [run_bench.py options...]
+#   scripts/bench.sh [--quick] [--tls | --w6] [--micro | --micro-only] [run_bench.py options...]
 #
 # Options for the macro bench (also settable by environment):
 #   --quick                 smoke test: 256 MiB, 1 run, no warm-up (under 2 minutes)
@@ -11,6 +11,10 @@
 #                           (default mode and copy), nbdtunnel-tls, ssh-aes128-gcm; 1 warm-up + 5 runs;
 #                           writes RESULTS-<date>-tls.md (--size 512M: ~4 min on 2 busy cores).
 #                           Certificates come from scripts/make-certs.sh, fresh for every bench run.
+#   --w6                    W6: a 256 MiB mirror across a 20 ms round trip (bench/tools/delay_line,
+#                           10 ms each way) over QEMU's own NBD on TCP and over nbdtunnel (default
+#                           and copy mode), and through the line at 0 ms (its own cost); 1 warm-up
+#                           + 3 runs; writes RESULTS-<date>-w6.md (--w6-size 64M: about 2 min)
 #   --size S                image size for W1-W3, e.g. 2G            (BENCH_SIZE, default 2G)
 #   --runs N --warmup N     measured / discarded runs                (BENCH_RUNS=3, BENCH_WARMUP=1)
 #   --workloads W1,W4       which workloads                          (BENCH_WORKLOADS)

@@ -20,6 +20,7 @@ def summarize(runs, workloads, transports):
     rows = []
     for wk in workloads:
         direct = None
+        ref_rows = {}  # "<N>ms" -> the qemu-tcp@<N>ms row
         for t in transports:
             rs = [r for r in runs if r["workload"] == wk and r["transport"] == t and not r["warmup"]]
             if not rs:
@@ -41,14 +42,38 @@ def summarize(runs, workloads, transports):
             }
             for k in ("p50_us", "p99_us", "iops"):
                 row[k] = _median([r["extra"].get(k) for r in good])
-            if t == "direct":
+            if t == "direct" or (t == "qemu-tcp" and direct is None):
                 direct = row
-            row["ratio"] = (row["mb_s"] / direct["mb_s"]) if direct and direct["mb_s"] and row["mb_s"] else None
+            if t.startswith("qemu-tcp@"):
+                ref_rows[t.split("@", 1)[1]] = row
+            # A transport across the delay line is set against qemu-tcp across the same delay.
+            ref = ref_rows.get(t.split("@", 1)[1]) if "@" in t else direct
+            row["ratio"] = (row["mb_s"] / ref["mb_s"]) if ref and ref["mb_s"] and row["mb_s"] else None
             if direct and row["p50_us"] is not None and direct["p50_us"] is not None:
                 row["added_p50_us"] = row["p50_us"] - direct["p50_us"]
                 row["added_p99_us"] = row["p99_us"] - direct["p99_us"]
             rows.append(row)
     return rows
+
+
+def delay_cost(rows):
+    """Lines reading the delay-line rows: the line's own cost (a transport at @0ms against itself
+    without the line) and each transport across a delay against qemu-tcp across the same delay."""
+    out = []
+    by = {(r["workload"], r["transport"]): r for r in rows}
+    for (wk, t), r in by.items():
+        if "@" not in t or not r["mb_s"]:
+            continue
+        base, delay = t.split("@", 1)
+        plain = by.get((wk, base))
+        if delay == "0ms" and plain and plain["mb_s"]:
+            out.append(f"- {wk}: {t} {r['mb_s']:.0f} MB/s = {r['mb_s'] / plain['mb_s']:.2f}× {base} without the "
+                       f"line ({plain['mb_s']:.0f} MB/s): the delay line's own cost")
+        ref = by.get((wk, f"qemu-tcp@{delay}"))
+        if base != "qemu-tcp" and ref and ref["mb_s"]:
+            out.append(f"- {wk}: {t} {r['mb_s']:.0f} MB/s = {r['mb_s'] / ref['mb_s']:.2f}× qemu-tcp@{delay} "
+                       f"({ref['mb_s']:.0f} MB/s)")
+    return out
 
 
 def _f(v, fmt):
@@ -130,6 +155,9 @@ def markdown(meta, rows, titles, transports_desc, skipped=None, notes=()):
                    f"{_f(r['peak_rss_mib'], '.1f')} | {lat} | {verify} |")
     if rows:
         out += skipped_rows(rows[-1]["workload"])
+    delays = delay_cost(rows)
+    if delays:
+        out += ["", "Delay line (bench/tools/delay_line on the TCP hop, N ms each way):", ""] + delays
     cost = tls_cost(rows)
     if cost:
         out += ["", "TLS cost (each encrypted transport against its plain reference, same run):", ""] + cost

@@ -4,6 +4,8 @@
 Usage: run_bench.py --nbdtunnel BIN --latency-tool BIN [options]; see --help and bench/README.md.
 --tls compares the encrypted transports instead: W1 and W2 over direct, QEMU's own NBD over TCP
 and over mutual TLS, nbdtunnel without and with TLS, and ssh with AES-128-GCM.
+--w6 runs W6, a mirror across a 20 ms round trip: QEMU's own NBD on TCP and nbdtunnel, each with
+and without bench/tools/delay_line on its TCP hop (a transport name ending in @<N>ms).
 """
 
 import argparse
@@ -30,6 +32,9 @@ MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRANSPORTS = "direct,naive-relay,nbdtunnel,socat,socat-b262144,ssh,ssh-aes128-gcm"
 TLS_TRANSPORTS = "direct,qemu-tcp,qemu-tls,nbdtunnel:default,nbdtunnel:copy,nbdtunnel-tls,ssh-aes128-gcm"
+# W6: the line's own cost (qemu-tcp@0ms against qemu-tcp), then both across the 20 ms round trip.
+W6_TRANSPORTS = ("qemu-tcp,qemu-tcp@0ms,nbdtunnel:default,nbdtunnel:default@0ms,qemu-tcp@10ms,nbdtunnel:default@10ms,"
+                 "nbdtunnel:copy@10ms")
 
 
 def parse_size(s):
@@ -44,6 +49,9 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nbdtunnel", required=True, help="the nbdtunnel binary")
     p.add_argument("--latency-tool", required=True, help="bench/tools nbd_latency binary")
+    p.add_argument("--delay-line", default=None,
+                   help="bench/tools delay_line binary (transports named ...@<N>ms; default: next to "
+                        "--latency-tool)")
     p.add_argument("--naive-relay", default=None,
                    help="bench/tools naive_relay binary (the naive-relay transport; default: next "
                         "to --latency-tool)")
@@ -52,7 +60,11 @@ def parse_args():
     p.add_argument("--tls", action="store_true",
                    help=f"TLS comparison: workloads W1,W2, transports {TLS_TRANSPORTS}, 5 runs "
                    "(each still settable); results in RESULTS-<date>-tls.md")
+    p.add_argument("--w6", action="store_true",
+                   help=f"W6 (mirror across a 20 ms round trip): workload W6, transports {W6_TRANSPORTS}, "
+                   "3 runs (each still settable); results in RESULTS-<date>-w6.md")
     p.add_argument("--size", type=parse_size, help="image size for W1-W3 (default 2G)")
+    p.add_argument("--w6-size", type=parse_size, help="image size for W6 (default 256M)")
     p.add_argument("--w5-disks", type=int, default=4)
     p.add_argument("--w5-disk-size", type=parse_size, help="size of each W5 disk (default 512M)")
     p.add_argument("--w4-requests", type=int, help="W4 requests per run (default 20000)")
@@ -77,11 +89,14 @@ def parse_args():
     a = p.parse_args()
     quick = a.quick
     a.size = a.size or (256 * MiB if quick else 2 << 30)
+    a.w6_size = a.w6_size or (64 * MiB if quick else 256 * MiB)
     a.w5_disk_size = a.w5_disk_size or (64 * MiB if quick else 512 * MiB)
     a.w4_requests = a.w4_requests or (1000 if quick else 20000)
     a.runs = a.runs if a.runs is not None else (1 if quick else 5 if a.tls else 3)
-    a.workloads = a.workloads or ("W1,W2" if a.tls else "W1,W2,W3,W4,W5")
-    a.transports = a.transports or (TLS_TRANSPORTS if a.tls else DEFAULT_TRANSPORTS)
+    a.workloads = a.workloads or ("W1,W2" if a.tls else "W6" if a.w6 else "W1,W2,W3,W4,W5")
+    # W6 alone means its own transports (a delay line makes no sense for direct, socat, ssh).
+    w6_only = a.workloads.replace(" ", "") == "W6"
+    a.transports = a.transports or (TLS_TRANSPORTS if a.tls else W6_TRANSPORTS if w6_only else DEFAULT_TRANSPORTS)
     a.warmup = a.warmup if a.warmup is not None else (0 if quick else 1)
     return a
 
@@ -89,7 +104,7 @@ def parse_args():
 def pick_workdir(a):
     if a.workdir:
         return Path(a.workdir)
-    need = 3 * a.size + 2 * a.w5_disks * a.w5_disk_size + (2 << 30)
+    need = 3 * a.size + 2 * a.w5_disks * a.w5_disk_size + 2 * a.w6_size + (2 << 30)
     shm = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
     return Path("/dev/shm/nbdtunnel-bench" if shm > need + (4 << 30) else "/var/tmp/nbdtunnel-bench")
 
@@ -150,7 +165,8 @@ def make_transports(a, workdir):
         tls_dir = tls_dir or make_certs(workdir)
         return tls_dir
 
-    for w in wanted:
+    def add_transport(w):
+        nonlocal keys, out
         if w == "direct":
             out.append(tp.Direct())
         elif w == "nbdtunnel":
@@ -174,7 +190,7 @@ def make_transports(a, workdir):
             if not has_tls:
                 skipped[w] = (f"`{a.nbdtunnel} dest --help` (or `source --help`) offers no --tls-dir: "
                               "this build has no TLS yet")
-                continue
+                return
             # TLS is user-space crypto here (no kTLS), so splice is not on offer: copy mode.
             mode = "copy" if "copy" in modes else None
             t = tp.Nbdtunnel(a.nbdtunnel, mode, roles, extra, tls_dir=certs())
@@ -184,7 +200,7 @@ def make_transports(a, workdir):
             relay = a.naive_relay or str(Path(a.latency_tool).parent / "naive_relay")
             if not Path(relay).exists():
                 skipped[w] = f"{relay} is not built (cmake --build ... --target naive_relay)"
-                continue
+                return
             out.append(tp.NaiveRelay(relay))
         elif w == "qemu-tcp":
             out.append(tp.QemuTcp())
@@ -202,8 +218,22 @@ def make_transports(a, workdir):
             out.append(tp.Ssh(keys, cipher))
         else:
             raise SystemExit(f"unknown transport {w!r}")
-    if not out or out[0].name != "direct":
-        print("note: without 'direct' first, no ratios are computed", file=sys.stderr)
+
+    for spec in wanted:
+        w, delay = spec, None
+        m = re.fullmatch(r"(.+)@(\d+(?:\.\d+)?)ms", spec)
+        if m:
+            w, delay = m.group(1), float(m.group(2))
+        first = len(out)
+        add_transport(w)
+        if delay is not None:
+            line = a.delay_line or str(Path(a.latency_tool).parent / "delay_line")
+            if not Path(line).exists():
+                raise SystemExit(f"{line} is not built (cmake --build ... --target delay_line)")
+            for t in out[first:]:
+                tp.through_delay_line(t, tp.DelayLine(line, delay))
+    if not any(t.name in ("direct", "qemu-tcp") or t.name.startswith("qemu-tcp@") for t in out):
+        print("note: without 'direct' (or 'qemu-tcp'), no ratios are computed", file=sys.stderr)
     for name, why in skipped.items():
         print(f"note: transport {name} skipped: {why}", file=sys.stderr)
     return out, offered, skipped
@@ -217,15 +247,15 @@ def main():
     workdir.mkdir(parents=True, exist_ok=True)
     transports, offered, skipped = make_transports(a, workdir)
     works = wl.build(workdir, a.size, a.w5_disks, a.w5_disk_size, a.w4_requests, a.w4_seconds,
-                     a.latency_tool)
+                     a.latency_tool, a.w6_size)
     keys = [k.strip() for k in a.workloads.split(",") if k.strip()]
     for k in keys:
         if k not in works:
             raise SystemExit(f"unknown workload {k!r}; have {', '.join(works)}")
 
     settings = {
-        "mode": ("TLS comparison (--tls)" if a.tls else "full") if not a.quick else
-                ("quick, TLS comparison" if a.tls else "quick"),
+        "mode": ("TLS comparison (--tls)" if a.tls else "W6 (--w6)" if a.w6 else "full") if not a.quick else
+                ("quick, TLS comparison" if a.tls else "quick, W6" if a.w6 else "quick"),
         "image size (W1-W3)": f"{a.size / MiB:g} MiB",
         "W5": f"{a.w5_disks} x {a.w5_disk_size / MiB:g} MiB",
         "W4": f"{a.w4_requests} requests of 4 KiB, queue depth 1, 1 GiB export, time bound {a.w4_seconds:g} s, "
@@ -248,6 +278,10 @@ def main():
                                version(["ssh", "-V"]), version(["openssl", "version"]),
                                version(["certtool", "--version"], r"certtool")]),
     }
+    if "W6" in keys:
+        settings["W6"] = (f"{a.w6_size / MiB:g} MiB; a transport named ...@<N>ms has bench/tools/delay_line on "
+                          "its TCP hop, holding every chunk N ms each way; × direct is against qemu-tcp with "
+                          "the same delay")
     meta = {"date": now.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "settings": settings}
     print(f"nbdtunnel macro bench {meta['date']}; workdir {workdir}", flush=True)
     for k, v in settings.items():
@@ -296,7 +330,8 @@ def main():
     md = report.markdown(meta, rows, titles, descs, skipped, a.note)
     res = Path(a.results_dir)
     res.mkdir(parents=True, exist_ok=True)
-    stamp = now.strftime("%Y-%m-%dT%H%M") + ("-tls" if a.tls else "") + ("-quick" if a.quick else "")
+    stamp = (now.strftime("%Y-%m-%dT%H%M") + ("-tls" if a.tls else "") + ("-w6" if a.w6 else "")
+             + ("-quick" if a.quick else ""))
     (res / f"RESULTS-{stamp}.md").write_text(md)
     (res / f"results-{stamp}.json").write_text(json.dumps(
         {"meta": meta, "workloads": titles, "transports": descs, "skipped": skipped, "summary": rows,

@@ -30,6 +30,43 @@ class Transport:
         pass
 
 
+class DelayLine:
+    """bench/tools/delay_line between a TCP client and a TCP server: every chunk held for
+    delay_ms in each direction (so a round trip of 2 x delay_ms), unlimited buffering inside."""
+
+    def __init__(self, binary, delay_ms):
+        self.binary, self.delay_ms = binary, delay_ms
+        self._proc = None
+
+    def start(self, port, rundir):
+        """Starts the line towards 127.0.0.1:port; returns the port it listens on."""
+        self._proc = Proc([self.binary, "--listen", "127.0.0.1:0", "--connect", f"127.0.0.1:{port}",
+                           "--delay-ms", f"{self.delay_ms:g}"], Path(rundir) / "delay-line.log")
+        return int(self._proc.wait_for_line(r"listening on [^\s:]+:(\d+)").group(1))
+
+    def pid(self):
+        return self._proc.pid if self._proc else None
+
+    def stop(self):
+        if self._proc:
+            self._proc.stop()
+            self._proc = None
+
+
+def through_delay_line(t, line):
+    """Puts `line` on t's TCP hop (QEMU's NBD connection, or nbdtunnel's channel): t's name
+    gets "@<delay>ms". Other transports have no TCP hop of their own to delay."""
+    if not isinstance(t, (QemuTcp, Nbdtunnel)) or getattr(t, "tls", None) and "--tls-dir" in t.tls:
+        raise SystemExit(f"transport {t.name} cannot run through the delay line "
+                         "(only qemu-tcp and plain nbdtunnel transports can)")
+    t.delay = line
+    t.name += f"@{line.delay_ms:g}ms"
+    t.description += (f"; its TCP connection through bench/tools/delay_line holding every chunk "
+                      f"{line.delay_ms:g} ms each way (round trip {2 * line.delay_ms:g} ms); the line's "
+                      "CPU is not counted as relay CPU (it stands for the network)")
+    return t
+
+
 class Direct(Transport):
     """No relay: the source connects straight to the destination's socket. The upper bound."""
 
@@ -41,17 +78,26 @@ class Direct(Transport):
 
 
 class QemuTcp(Transport):
-    """No relay: the destination QEMU's NBD server listens on TCP 127.0.0.1, the source dials it."""
+    """No relay: the destination QEMU's NBD server listens on TCP 127.0.0.1, the source dials it
+    (or dials a DelayLine in front of it: see through_delay_line)."""
 
-    name = "qemu-tcp"
-    description = ("no relay: the destination qemu-storage-daemon's NBD server on TCP 127.0.0.1 "
-                   "(a free port), the source connects to it (plain NBD, no TLS)")
+    def __init__(self):
+        self.delay = None
+        self.name = "qemu-tcp"
+        self.description = ("no relay: the destination qemu-storage-daemon's NBD server on TCP 127.0.0.1 "
+                            "(a free port), the source connects to it (plain NBD, no TLS)")
 
     def listen(self, rundir):
         return NbdAddress.tcp("127.0.0.1", free_port())
 
     def start(self, dst, rundir):
-        return dst
+        if not self.delay:
+            return dst
+        return NbdAddress.tcp("127.0.0.1", self.delay.start(dst.port, rundir))
+
+    def stop(self):
+        if self.delay:
+            self.delay.stop()
 
 
 class QemuTls(Transport):
@@ -89,6 +135,7 @@ class Nbdtunnel(Transport):
                  tls_dir=None, plain_flags=(), dest_args=()):
         self.binary = binary
         self.dest_args = list(dest_args)  # for the dest only (e.g. --resume-timeout 0)
+        self.delay = None  # a DelayLine on the channel's TCP connection (through_delay_line)
         self.mode = mode
         self.mode_roles = mode_roles  # roles whose --help offers --copy-mode
         self.extra = list(extra_args)
@@ -115,6 +162,8 @@ class Nbdtunnel(Transport):
                      *self._role_args("dest")], log)
         self._procs.append(dest)
         port = dest.wait_for_line(r"listening on [^\s:]+:(\d+)").group(1)
+        if self.delay:
+            port = self.delay.start(int(port), rundir)
         source = Proc([self.binary, "source", "--connect", f"127.0.0.1:{port}",
                        "--forward", f"{src_sock}=nbd", *self._role_args("source")], log)
         self._procs.append(source)
@@ -129,6 +178,8 @@ class Nbdtunnel(Transport):
         for p in reversed(self._procs):
             p.stop()
         self._procs = []
+        if self.delay:
+            self.delay.stop()
 
 
 class Socat(Transport):

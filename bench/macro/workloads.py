@@ -186,7 +186,7 @@ class Latency:
         return res
 
 
-def build(workdir, size, w5_disks, w5_disk_size, w4_requests, w4_seconds, latency_tool):
+def build(workdir, size, w5_disks, w5_disk_size, w4_requests, w4_seconds, latency_tool, w6_size):
     """The workloads by key, their source images created on first use."""
     imgdir = Path(workdir) / "images"
     imgdir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +194,7 @@ def build(workdir, size, w5_disks, w5_disk_size, w4_requests, w4_seconds, latenc
     sparse = lambda: images.sparse_image(imgdir / f"sparse-{size}.img", size)
     w5 = [(lambda i=i: images.random_image(imgdir / f"w5-{i}-{w5_disk_size}.img", w5_disk_size))
           for i in range(w5_disks)]
+    w6 = lambda: images.random_image(imgdir / f"random-{w6_size}.img", w6_size)
     g = lambda n: f"{n / (1 << 30):g} GiB" if n >= 1 << 30 else f"{n / MiB:g} MiB"
     return {
         "W1": Mirror("W1", f"blockdev-mirror sync=full, {g(size)} random", [rand], size),
@@ -204,4 +205,7 @@ def build(workdir, size, w5_disks, w5_disk_size, w4_requests, w4_seconds, latenc
                       latency_tool, 1 << 30, w4_requests, w4_seconds),
         "W5": Mirror("W5", f"{w5_disks} x {g(w5_disk_size)} random mirrored at once, one transport",
                      w5, w5_disk_size),
+        # W1's mirror at another size, meant for transports with a delay line on their TCP hop.
+        "W6": Mirror("W6", f"blockdev-mirror sync=full, {g(w6_size)} random, across a long link "
+                     "(transports ...@<N>ms: N ms each way)", [w6], w6_size),
     }

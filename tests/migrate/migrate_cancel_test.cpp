@@ -129,6 +129,10 @@ TEST(MigrateCancel, CancelByControlSocketLeavesBothSidesClean) {
   const json jobs = h.src.qmp().execute("query-block-jobs");
   ASSERT_EQ(jobs.size(), 1U) << jobs.dump();
   EXPECT_EQ(jobs[0].value("speed", 0ULL), 4 * kMiB) << "set-bandwidth did not reach the job";
+  // A limit that rounds to 0 bytes/s would be QEMU's "no limit": refused, the old one stays.
+  const json tiny = control.execute("set-bandwidth", {{"mib-per-sec", 1e-9}});
+  EXPECT_TRUE(tiny.contains("error")) << tiny.dump();
+  EXPECT_EQ(h.src.qmp().execute("query-block-jobs")[0].value("speed", 0ULL), 4 * kMiB);
   const json unknown = control.execute("no-such-command");
   ASSERT_TRUE(unknown.contains("error")) << unknown.dump();
   EXPECT_EQ(unknown["error"].value("class", ""), "CommandNotFound") << unknown.dump();
