@@ -22,12 +22,6 @@ namespace {
 constexpr const char* kLockFile = "dest.lock";
 constexpr const char* kStateFile = "dest.state";
 
-std::uint64_t fnv1a(std::string_view s) {
-  std::uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 // Reads at most `limit` + 1 bytes of a regular file; nullopt if there is none.
 std::optional<std::string> read_small_file(const std::string& path, std::size_t limit) {
   tunnel::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
@@ -64,10 +58,8 @@ std::string canonical_qmp_path(const std::string& qmp_path) {
 }
 
 std::string default_dest_run_dir(const std::string& qmp_canonical, bool root) {
-  const std::string hash = fmt::format("{:016x}", fnv1a(qmp_canonical));
-  if (root) return fmt::format("{}/.qmp-{}", kDefaultRunDir, hash);
-  const char* tmp = std::getenv("TMPDIR");
-  return fmt::format("{}/nbdtunnel-dest-{}", tmp && *tmp ? tmp : "/tmp", hash);
+  const std::string hash = hash16(qmp_canonical);
+  return runtime_path(".qmp-" + hash, "nbdtunnel-dest-" + hash, root);
 }
 
 bool DestRunDir::open(const std::string& path, const std::string& qmp, std::string& error) {

@@ -17,10 +17,13 @@
 
 #include "engine/control_server.hpp"
 #include "engine/dest_link.hpp"
+#include "engine/dest_run_dir.hpp"
 #include "engine/host_identity.hpp"
+#include "engine/migration_lock.hpp"
 #include "engine/migration_protocol.hpp"
 #include "engine/private_dir.hpp"
 #include "engine/progress.hpp"
+#include "engine/source_names.hpp"
 #include "qmp/block_jobs.hpp"
 #include "qmp/qmp_client.hpp"
 #include "qmp/qmp_error.hpp"
@@ -65,18 +68,6 @@ struct DiskCopy {
   std::chrono::steady_clock::time_point sampled{};
 };
 
-// What this engine adds to the source QEMU is named kNamePrefix…; nothing else is.
-constexpr const char* kNamePrefix = "nbdtunnel-";
-
-// The migration id as it goes into node names: itself up to 16 characters, else 16 hex digits
-// of its FNV-1a hash.
-std::string name_tag(const std::string& id) {
-  if (id.size() <= 16) return id;
-  std::uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : id) h = (h ^ c) * 1099511628211ull;
-  return fmt::format("{:016x}", h);
-}
-
 // blockdev-add arguments of a raw node showing the first `size` bytes of `file`. Not a coroutine:
 // see "Coroutines under GCC 12" in docs/DESIGN-NOTES.md.
 json raw_view_args(const std::string& node, const std::string& file, std::uint64_t size) {
@@ -94,14 +85,14 @@ class MigrationRun {
   MigrationRun(asio::io_context& io, tunnel::Ring& ring, MigrateOptions o,
                std::unique_ptr<ProgressReporter> reporter)
       : io_(io), ring_(ring), o_(std::move(o)), report_(std::move(reporter)), wake_(io) {
-    // Names carry the migration id (node names are at most 31 characters: a long id is hashed).
-    const std::string tag = name_tag(o_.migration_id);
+    // Names carry the migration id (engine/source_names.hpp).
     for (std::size_t i = 0; i < o_.disks.size(); ++i) {
       DiskCopy d;
       d.spec = o_.disks[i];
-      d.job_id = fmt::format("{}mirror-{}-{}", kNamePrefix, tag, i);
-      d.nbd_node = fmt::format("{}n-{}-{}", kNamePrefix, tag, i);
-      d.target_node = fmt::format("{}t-{}-{}", kNamePrefix, tag, i);
+      SourceNames names = source_names(tag_, i);
+      d.job_id = std::move(names.job);
+      d.nbd_node = std::move(names.nbd_node);
+      d.target_node = std::move(names.view_node);
       disks_.push_back(std::move(d));
     }
   }
@@ -122,7 +113,12 @@ class MigrationRun {
 
  private:
   awaitable<void> connect_source();
+  awaitable<void> lock_source();
   awaitable<void> remove_leftovers();
+  awaitable<void> unlock_source();
+  // Whether `name` (a job or node named nbdtunnel-*) was left by a dead run: its tag's lock is
+  // not held, or it carries no tag (an unknown name, which no live engine gives).
+  bool left_by_dead_run(const std::string& name);
   awaitable<void> connect_dest();
   awaitable<bool> run_checks();
   awaitable<void> prepare();
@@ -185,6 +181,7 @@ class MigrationRun {
   asio::io_context& io_;
   tunnel::Ring& ring_;
   MigrateOptions o_;
+  std::string tag_ = name_tag(o_.migration_id);
   std::unique_ptr<ProgressReporter> report_;
   asio::steady_timer wake_;
   std::vector<DiskCopy> disks_;
@@ -192,6 +189,7 @@ class MigrationRun {
   double bandwidth_mib_ = 0;
 
   std::unique_ptr<qmp::QmpClient> src_;
+  std::unique_ptr<MigrationLocks> locks_;
   std::unique_ptr<DestLink> link_;
   std::string dest_target_;
   bool prepared_ = false;
@@ -294,43 +292,118 @@ awaitable<void> MigrationRun::connect_source() {
   src_->on_event([this](const json& e) { on_qmp_event(e); });
 }
 
+// Holds this migration's lock on the source QEMU (engine/migration_lock.hpp), and the guard
+// until remove_leftovers is done; a live run of the same id on this QEMU is refused.
+awaitable<void> MigrationRun::lock_source() {
+  const std::string key = source_qemu_key(src_->peer_pid(), canonical_qmp_path(o_.source_qmp));
+  locks_ = std::make_unique<MigrationLocks>(MigrationLocks::default_stem(::geteuid() == 0), key);
+  std::string error;
+  // Another run holds the guard only while it starts or ends (seconds, with leftovers to cancel).
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  for (;;) {
+    const MigrationLocks::Take t = locks_->try_guard(error);
+    if (t == MigrationLocks::Take::taken) break;
+    if (t == MigrationLocks::Take::error) {
+      throw Failure(kMigrateFailed, "connect", "", "source QEMU lock: " + error);
+    }
+    if (cancel_requested_) throw Failure(kMigrateCancelled, "connect", "", cancel_reason_);
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw Failure(kMigrateFailed, "connect", "",
+                    fmt::format("another nbdtunnel migrate on the source QEMU ({}) has been "
+                                "starting or ending for 60 s: is it stuck?",
+                                o_.source_qmp));
+    }
+    co_await nap(100ms);
+  }
+  std::vector<std::string> nodes;
+  for (const DiskCopy& d : disks_) nodes.push_back(d.spec.node);
+  LockHolder holder;
+  switch (locks_->take_own(tag_, nodes, holder, error)) {
+    case MigrationLocks::Take::taken:
+      co_return;
+    case MigrationLocks::Take::busy:
+      throw Failure(
+          kMigrateUsage, "connect", "",
+          fmt::format("migration id {} is already running on this source QEMU{}: give "
+                      "another --id, or wait for that one to end",
+                      o_.migration_id, holder.pid.empty() ? "" : " (pid " + holder.pid + ")"));
+    case MigrationLocks::Take::error:
+      throw Failure(kMigrateFailed, "connect", "", "source QEMU lock: " + error);
+  }
+}
+
+// Lets go of this migration's lock, removing its file if the guard comes within 5 s.
+awaitable<void> MigrationRun::unlock_source() {
+  if (!locks_) co_return;
+  locks_->release_guard();
+  std::string error;
+  bool guarded = false;
+  for (int i = 0; i < 50 && !guarded; ++i) {
+    const MigrationLocks::Take t = locks_->try_guard(error);
+    guarded = t == MigrationLocks::Take::taken;
+    if (t == MigrationLocks::Take::error) break;
+    if (!guarded) co_await nap(100ms);
+  }
+  locks_->release_own(guarded);
+  locks_->release_guard();
+}
+
+bool MigrationRun::left_by_dead_run(const std::string& name) {
+  if (!name.starts_with(kSourceNamePrefix)) return false;
+  const std::optional<std::string> tag = tag_of_source_name(name);
+  if (!tag || *tag == tag_) return true;  // ours: this run holds the lock and has made nothing
+  std::string error;
+  const std::optional<bool> held = locks_->held(*tag, error);
+  if (!held) {
+    spdlog::warn("leaving '{}' in the source QEMU: cannot tell whether its migration runs: {}",
+                 name, error);
+    return false;
+  }
+  return !*held;
+}
+
 // A migration whose engine died (SIGKILL, a crash) leaves its job and nodes in the source QEMU,
-// and they would block the next one. This engine holds the QMP monitor now (it serves one client
-// at a time, and nbdtunnel uses one engine per QEMU), so a job or node named like ours is such a
-// leftover: its jobs are cancelled, then the raw views go, then the NBD nodes under them.
+// and they would block the next one. A job or node named like ours whose migration's lock no live
+// run holds is such a leftover (other engines may be migrating other disks of this QEMU, each on
+// a monitor of its own): its jobs are cancelled, then the raw views go, then the NBD nodes under
+// them. Runs under the guard, so no run starts meanwhile and no other removes the same names.
 awaitable<void> MigrationRun::remove_leftovers() {
   try {
     std::vector<qmp::BlockJobInfo> jobs = co_await qmp::query_block_jobs(*src_);
-    bool cancelled = false;
+    std::set<std::string> cancelled;
     for (const auto& j : jobs) {
-      if (j.id.rfind(kNamePrefix, 0) != 0) continue;
+      if (!left_by_dead_run(j.id)) continue;
       co_await qmp::block_job_cancel(*src_, j.id, true);
       report_->info(fmt::format(
           "cancelled job '{}' in the source QEMU, left by a migration that did not end", j.id));
-      cancelled = true;
+      cancelled.insert(j.id);
     }
-    for (int i = 0; cancelled && i < 100; ++i) {
+    for (int i = 0; !cancelled.empty() && i < 100; ++i) {
       jobs = co_await qmp::query_block_jobs(*src_);
-      cancelled = std::any_of(jobs.begin(), jobs.end(), [](const qmp::BlockJobInfo& j) {
-        return j.id.rfind(kNamePrefix, 0) == 0;
+      const bool waiting = std::any_of(jobs.begin(), jobs.end(), [&](const qmp::BlockJobInfo& j) {
+        return cancelled.count(j.id) != 0;
       });
-      if (cancelled) co_await nap(100ms);
+      if (!waiting) break;
+      co_await nap(100ms);
     }
     const std::vector<qmp::BlockNodeInfo> nodes = co_await qmp::query_named_block_nodes(*src_);
     for (const char* driver : {"raw", "nbd"}) {
       for (const auto& n : nodes) {
-        if (n.node_name.rfind(kNamePrefix, 0) != 0 || n.driver != driver) continue;
+        if (n.driver != driver || !left_by_dead_run(n.node_name)) continue;
         co_await qmp::blockdev_del(*src_, n.node_name);
         report_->info(fmt::format(
             "removed node '{}' from the source QEMU, left by a migration that did not end",
             n.node_name));
       }
     }
+    // Dead runs' lock files too (the kernel let go of the locks; the files stay).
+    locks_->remove_unheld();
   } catch (const std::exception& e) {
     throw Failure(
         kMigrateFailed, "connect", "",
         fmt::format("source QEMU: removing what an earlier migration left: {}", e.what()));
   }
+  locks_->release_guard();
 }
 
 awaitable<void> MigrationRun::connect_dest() {
@@ -365,6 +438,12 @@ awaitable<bool> MigrationRun::run_checks() {
     in.source_jobs = co_await qmp::query_block_jobs(*src_);
   } catch (const std::exception& e) {
     throw Failure(kMigrateFailed, "checks", "", fmt::format("source QEMU: {}", e.what()));
+  }
+  // Jobs named after another migration are a live one's: the leftovers are gone.
+  for (const auto& j : in.source_jobs) {
+    const std::optional<std::string> tag = tag_of_source_name(j.id);
+    if (!tag || *tag == tag_) continue;
+    in.other_migrations.push_back({j.id, *tag, locks_->holder(*tag)});
   }
   for (DiskCopy& d : disks_) {
     auto size = source_size(in, d.spec.node);
@@ -682,11 +761,13 @@ awaitable<int> MigrationRun::run() {
       }
     }
     co_await connect_source();
+    co_await lock_source();
     co_await remove_leftovers();
     co_await connect_dest();
     co_await run_checks();
     if (o_.check_only) {
       report_->summary("checked", 0, 0);
+      co_await unlock_source();
       co_return kMigrateDone;
     }
     if (cancel_requested_) throw Failure(kMigrateCancelled, phase_, "", cancel_reason_);
@@ -705,6 +786,7 @@ awaitable<int> MigrationRun::run() {
   } catch (const std::exception& e) {
     failure.emplace(kMigrateFailed, phase_, "", e.what());
   }
+  if (locks_) locks_->release_guard();  // if remove_leftovers failed
   if (failure) {
     code = failure->code;
     result = code == kMigrateCancelled ? "cancelled" : "failed";
@@ -726,6 +808,7 @@ awaitable<int> MigrationRun::run() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   set_phase("done");
   report_->summary(result, bytes, seconds);
+  co_await unlock_source();
   if (control_) control_->stop();
   if (acceptor_) acceptor_->stop();
   if (src_) src_->close();

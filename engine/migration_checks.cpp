@@ -59,16 +59,42 @@ std::vector<CheckResult> evaluate_checks(const CheckInputs& in) {
       out.push_back({"disk " + label + " on source", V::pass, format_bytes(*size)});
     }
 
+    // query-block-jobs does not say which node a job is on: a job named after the disk is on
+    // it, another migration's is on the disks its run recorded, and any other job might be.
     auto job = std::find_if(in.source_jobs.begin(), in.source_jobs.end(),
                             [&](const qmp::BlockJobInfo& j) { return j.id == d.node; });
+    auto other = std::find_if(
+        in.other_migrations.begin(), in.other_migrations.end(), [&](const OtherMigrationJob& o) {
+          return o.holder && std::find(o.holder->disks.begin(), o.holder->disks.end(), d.node) !=
+                                 o.holder->disks.end();
+        });
+    std::vector<std::string> unknown;  // jobs whose disks are not known
+    std::size_t elsewhere = 0;         // jobs of other migrations, on other disks
+    for (const auto& j : in.source_jobs) {
+      auto o = std::find_if(in.other_migrations.begin(), in.other_migrations.end(),
+                            [&](const OtherMigrationJob& m) { return m.job == j.id; });
+      if (o != in.other_migrations.end() && o->holder) {
+        ++elsewhere;
+      } else {
+        unknown.push_back(j.id);
+      }
+    }
     if (job != in.source_jobs.end()) {
       out.push_back({"no block job on " + d.node, V::fail,
                      fmt::format("block job '{}' ({}, {}) is running on it", job->id, job->type,
                                  job->status)});
-    } else if (!in.source_jobs.empty()) {
+    } else if (other != in.other_migrations.end()) {
+      out.push_back({"no block job on " + d.node, V::fail,
+                     fmt::format("migration '{}' (pid {}) is copying it (job '{}')", other->tag,
+                                 other->holder->pid, other->job)});
+    } else if (!unknown.empty()) {
       out.push_back({"no block job on " + d.node, V::warn,
                      fmt::format("{} other block job(s) run in the source QEMU (first: '{}')",
-                                 in.source_jobs.size(), in.source_jobs.front().id)});
+                                 unknown.size(), unknown.front())});
+    } else if (elsewhere > 0) {
+      out.push_back(
+          {"no block job on " + d.node, V::pass,
+           fmt::format("none on it; {} job(s) of other migrations copy other disks", elsewhere)});
     } else {
       out.push_back({"no block job on " + d.node, V::pass, "none running"});
     }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/migration_lock.hpp"
 #include "engine/migration_protocol.hpp"
 #include "engine/progress.hpp"
 #include "qmp/block_jobs.hpp"
@@ -18,6 +19,14 @@ struct DiskSpec {
   std::string dest_node;  // destination node name (defaults to node)
 };
 
+// A job another live migration of the source QEMU runs, and what its run recorded in its lock
+// (no holder: it could not be read, so the job's disks are unknown).
+struct OtherMigrationJob {
+  std::string job;
+  std::string tag;
+  std::optional<LockHolder> holder;
+};
+
 struct CheckInputs {
   std::vector<DiskSpec> disks;
   std::string destination;  // HOST:PORT, for messages
@@ -26,6 +35,8 @@ struct CheckInputs {
   tunnel::Hello dest_hello;
   std::vector<qmp::BlockNodeInfo> source_nodes;
   std::vector<qmp::BlockJobInfo> source_jobs;
+  // Those of source_jobs that other live migrations of this QEMU run.
+  std::vector<OtherMigrationJob> other_migrations;
   // PREPARE (check only) result, or the error the destination gave instead.
   std::optional<PrepareResult> dest;
   std::string dest_error;

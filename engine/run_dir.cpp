@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -30,6 +32,18 @@ tunnel::unique_fd take_lock(const std::string& path, bool wait) {
 }
 
 }  // namespace
+
+std::string runtime_path(const std::string& root_name, const std::string& user_name, bool root) {
+  if (root) return fmt::format("{}/{}", kDefaultRunDir, root_name);
+  const char* tmp = std::getenv("TMPDIR");
+  return fmt::format("{}/{}", tmp && *tmp ? tmp : "/tmp", user_name);
+}
+
+std::string hash16(std::string_view s) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return fmt::format("{:016x}", h);
+}
 
 std::optional<FileOwner> lookup_user(const std::string& name) {
   passwd pw{};

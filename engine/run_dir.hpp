@@ -12,12 +12,20 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "tunnel/unique_fd.hpp"
 
 namespace nbdtunnel::engine {
 
 inline constexpr const char* kDefaultRunDir = "/run/nbdtunnel";
+
+// Where a daemon or engine keeps a file or directory of its own that another process must find
+// again: kDefaultRunDir/ROOT_NAME as root, else ${TMPDIR:-/tmp}/USER_NAME. ROOT_NAME is a dot-name,
+// so RunDir::remove_abandoned never takes it for a migration directory.
+std::string runtime_path(const std::string& root_name, const std::string& user_name, bool root);
+// 16 hex digits of the FNV-1a hash of `s`: a fixed-length, file-name-safe stand-in for a path.
+std::string hash16(std::string_view s);
 
 // Who owns a run directory and the sockets in it: the user QEMU runs as, so that it can create
 // (destination) and connect to (source) the sockets.

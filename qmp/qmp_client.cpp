@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <boost/asio/as_tuple.hpp>
@@ -257,6 +258,16 @@ std::string QmpClient::qemu_version() const {
 
 const std::string& QmpClient::socket_path() const {
   return s_->path;
+}
+
+int QmpClient::peer_pid() const {
+  if (!s_->connected || !s_->socket.is_open()) return -1;
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(s_->socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return -1;
+  }
+  return cred.pid > 0 ? static_cast<int>(cred.pid) : -1;
 }
 
 bool QmpClient::is_connected() const {

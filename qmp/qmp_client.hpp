@@ -62,6 +62,9 @@ class QmpClient {
   // "major.minor.micro" from the greeting, or "" before a greeting was read.
   std::string qemu_version() const;
   const std::string& socket_path() const;
+  // The pid of the process at the other end of the socket (SO_PEERCRED: QEMU itself, unless a
+  // proxy sits in between), or -1 when not connected or unknown.
+  int peer_pid() const;
   bool is_connected() const;
   std::uint64_t events_dropped() const;
   boost::asio::any_io_executor get_executor() const;

@@ -81,6 +81,18 @@ TEST(MigrationChecks, JobOnTheDiskFailsOtherJobsWarn) {
   EXPECT_EQ(verdict(evaluate_checks(in), "no block job on disk0"), V::warn);
 }
 
+TEST(MigrationChecks, AnotherMigrationsJobFailsOnlyOnItsOwnDisks) {
+  auto in = healthy();
+  in.source_jobs = {{"nbdtunnel-mirror-first-0", "mirror", "running", 0, 0, 0, false}};
+  in.other_migrations = {{"nbdtunnel-mirror-first-0", "first", LockHolder{"42", {"disk7"}}}};
+  EXPECT_EQ(verdict(evaluate_checks(in), "no block job on disk0"), V::pass);
+  in.other_migrations[0].holder->disks = {"disk0"};
+  EXPECT_EQ(verdict(evaluate_checks(in), "no block job on disk0"), V::fail);
+  // Whose disks are not known: like any other job.
+  in.other_migrations[0].holder.reset();
+  EXPECT_EQ(verdict(evaluate_checks(in), "no block job on disk0"), V::warn);
+}
+
 TEST(MigrationChecks, DifferentMajorVersionsWarn) {
   auto in = healthy();
   in.dest->qemu_version = "8.0.0";

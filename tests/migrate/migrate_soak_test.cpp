@@ -1,7 +1,7 @@
 // `nbdtunnel migrate` over and over: many runs against one long-running destination daemon leave
 // it with the descriptors it had after the first and bounded memory; and several disks of one
-// source QEMU copied at once stay apart. NBDTUNNEL_SOAK_RUNS sets the number of sequential runs
-// (default 10 for CI; scripts/soak.sh runs 100).
+// source QEMU copied at once, by one engine or by several, stay apart. NBDTUNNEL_SOAK_RUNS sets the
+// number of sequential runs (default 10 for CI; scripts/soak.sh runs 100).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -122,8 +122,8 @@ TEST(MigrateSoak, SequentialRunsAgainstOneDaemonLeakNothing) {
       << ")";
 }
 
-// Four disks of one qemu-storage-daemon copied at once by one migrate run (one engine per
-// source QEMU: see the disabled test below): four mirror jobs side by side, held in sync, with
+// Four disks of one qemu-storage-daemon copied at once by one migrate run (four engines on one
+// QEMU: see the test below): four mirror jobs side by side, held in sync, with
 // four distinct job ids and node names; then all four complete, identical, and nothing is left.
 TEST(MigrateSoak, FourDisksOfOneSourceQemuMirrorAtOnceUnderDistinctNames) {
   NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
@@ -180,62 +180,142 @@ TEST(MigrateSoak, FourDisksOfOneSourceQemuMirrorAtOnceUnderDistinctNames) {
   EXPECT_TRUE(dest.process.running());
 }
 
-// What should hold and does not yet: a second migrate on a source QEMU whose first migration is
-// still copying (its own --id, monitor, disk and destination) must leave the first one alone.
-// Today the second engine's sweep for a killed run's leftovers takes the first one's job and
-// nodes (named nbdtunnel-*) for leftovers: it cancels the job and deletes the nodes, and the
-// first run fails with "the job was cancelled by someone else". Disabled until the sweep can
-// tell a dead run's names from a live one's (e.g. a lock held by the live engine, named after
-// its id). Run it with --gtest_also_run_disabled_tests.
-TEST(MigrateSoak, DISABLED_SecondEngineOnABusySourceQemuLeavesTheFirstAlone) {
+// Four engines migrating four disks of one source QEMU at once, each on a QMP monitor of its
+// own, with its own --id and its own destination: the first is copying when the three others
+// start (together). Job and node names carry the migration id, and each run holds a lock named
+// after it, so no engine takes another's live job or nodes for a dead run's leftovers, and no
+// engine's checks count another's job on another disk. A fifth run with the first one's id is
+// refused while the first runs. All four reach sync side by side, then complete, identical, and
+// leave nothing behind: no job, no node, no lock file.
+TEST(MigrateSoak, SecondEngineOnABusySourceQemuLeavesTheFirstAlone) {
   NBDTUNNEL_REQUIRE_TOOLS("qemu-storage-daemon");
-  constexpr std::uint64_t kBig = 64 * kMiB;
+  constexpr int kEngines = 4;
   TempDir dir;
   std::vector<std::string> src_args;
-  for (int i = 0; i < 2; ++i) {
+  std::vector<std::string> monitors;  // monitors[i]: engine i's; the last one for the refused run
+  for (int i = 0; i < kEngines; ++i) {
     const std::string n = std::to_string(i);
-    make_random_image(dir.file("src" + n + ".raw"), kBig, 700 + static_cast<std::uint64_t>(i));
-    make_zero_image(dir.file("dst" + n + ".raw"), kBig);
+    make_random_image(dir.file("src" + n + ".raw"), kSize, 700 + static_cast<std::uint64_t>(i));
+    make_zero_image(dir.file("dst" + n + ".raw"), kSize);
     for (auto& a : raw_disk_args("disk" + n, dir.file("src" + n + ".raw"))) src_args.push_back(a);
   }
-  // A second QMP monitor for the second engine (a monitor serves one client at a time).
-  const std::string mon = dir.file("qsd-src-mon1.qmp");
-  for (const std::string& a :
-       {std::string("--chardev"), "socket,path=" + mon + ",server=on,wait=off,id=mon1",
-        std::string("--monitor"), std::string("chardev=mon1")}) {
-    src_args.push_back(a);
+  // More QMP monitors (a monitor serves one client at a time); engine 0 uses the tool monitor.
+  for (int i = 1; i <= kEngines; ++i) {
+    const std::string mon = dir.file("qsd-src-mon" + std::to_string(i) + ".qmp");
+    const std::string id = "mon" + std::to_string(i);
+    for (const std::string& a :
+         {std::string("--chardev"), "socket,path=" + mon + ",server=on,wait=off,id=" + id,
+          std::string("--monitor"), "chardev=" + id}) {
+      src_args.push_back(a);
+    }
+    monitors.push_back(mon);
   }
   auto src = start_storage_host(dir, "qsd-src", src_args);
+  monitors.insert(monitors.begin(), src.tool_qmp);
   // A destination QEMU serves one migration at a time: one each.
-  auto dst0 = start_storage_host(dir, "qsd-dst0", raw_disk_args("disk0", dir.file("dst0.raw")));
-  auto dst1 = start_storage_host(dir, "qsd-dst1", raw_disk_args("disk1", dir.file("dst1.raw")));
-  auto dest0 = start_migration_dest(dir, dst0, kDestHostId, "dest0");
-  auto dest1 = start_migration_dest(dir, dst1, kDestHostId, "dest1");
-
-  MigrateRun first(
-      dir, "migrate-first",
-      migrate_args(src, dest0.port, {"disk0"}, {"--json", "--bandwidth", "8", "--id", "first"}));
-  auto copying = first.wait_event(
-      [](const json& e) {
-        return e.value("event", "") == "progress" && e.value("done", 0ULL) > 0 &&
-               !e.value("ready", false);
-      },
-      Seconds(30));
-  ASSERT_TRUE(copying) << describe(first.events());
-  auto second =
-      run_migrate(dir, "migrate-second",
-                  {"--source-qmp", mon, "--dest", "127.0.0.1:" + std::to_string(dest1.port),
-                   "--disk", "disk1", "--id", "second", "--json", "--force"});
-  EXPECT_EQ(second.exit_code, 0) << describe(second.events) << second.stderr_text;
-  for (const auto& e : events_named(second.events, "info")) {
-    EXPECT_EQ(e.value("message", "").find("left by a migration"), std::string::npos) << e.dump();
+  std::vector<QemuHost> dsts;
+  std::vector<TunnelDest> dests;
+  for (int i = 0; i < kEngines; ++i) {
+    const std::string n = std::to_string(i);
+    dsts.push_back(start_storage_host(dir, "qsd-dst" + n,
+                                      raw_disk_args("disk" + n, dir.file("dst" + n + ".raw"))));
   }
-  auto code = first.wait_exit(Seconds(60));
-  ASSERT_TRUE(code);
-  EXPECT_EQ(*code, 0) << describe(first.events());
-  EXPECT_TRUE(files_identical(dir.file("src0.raw"), dir.file("dst0.raw")));
-  EXPECT_TRUE(files_identical(dir.file("src1.raw"), dir.file("dst1.raw")));
+  for (int i = 0; i < kEngines; ++i) {
+    dests.push_back(start_migration_dest(dir, dsts[static_cast<std::size_t>(i)], kDestHostId,
+                                         "dest" + std::to_string(i)));
+  }
+  auto engine_args = [&](int i, const std::string& id) {
+    const std::string n = std::to_string(i);
+    return std::vector<std::string>{
+        "--source-qmp",
+        monitors[static_cast<std::size_t>(i)],
+        "--dest",
+        "127.0.0.1:" + std::to_string(dests[static_cast<std::size_t>(i)].port),
+        "--disk",
+        "disk" + n,
+        "--id",
+        id,
+        "--json",
+        "--finish",
+        "sync",
+        "--control-socket",
+        dir.file("ctl" + n + ".sock")};
+  };
+  auto is_ready = [](const json& e) { return e.value("event", "") == "ready"; };
+
+  std::vector<std::unique_ptr<MigrateRun>> runs;
+  runs.push_back(std::make_unique<MigrateRun>(dir, "migrate-0", engine_args(0, "engine-0")));
+  ASSERT_TRUE(runs[0]->wait_event(is_ready, Seconds(60))) << describe(runs[0]->events());
+  for (int i = 1; i < kEngines; ++i) {
+    runs.push_back(std::make_unique<MigrateRun>(dir, "migrate-" + std::to_string(i),
+                                                engine_args(i, "engine-" + std::to_string(i))));
+  }
+  for (int i = 1; i < kEngines; ++i) {
+    MigrateRun& r = *runs[static_cast<std::size_t>(i)];
+    ASSERT_TRUE(r.wait_event(is_ready, Seconds(60))) << "engine " << i << "\n"
+                                                     << describe(r.events()) << r.stderr_text();
+  }
+
+  // All four in sync at once, under distinct names; no checks warned about the others' jobs.
+  std::set<std::string> jobs, nodes;
+  for (const auto& j : src.qmp().execute("query-block-jobs")) {
+    jobs.insert(j.value("device", ""));
+    EXPECT_TRUE(j.value("ready", false)) << j.dump();
+  }
+  for (const auto& n : src.qmp().execute("query-named-block-nodes", {{"flat", true}})) {
+    const std::string name = n.value("node-name", "");
+    if (name.rfind("nbdtunnel-", 0) == 0) nodes.insert(name);
+  }
+  EXPECT_EQ(jobs.size(), static_cast<std::size_t>(kEngines)) << "jobs running at once";
+  EXPECT_EQ(nodes.size(), static_cast<std::size_t>(2 * kEngines)) << "distinct nbdtunnel nodes";
+  for (int i = 1; i < kEngines; ++i) {
+    EXPECT_EQ(verdict_of(runs[static_cast<std::size_t>(i)]->events(),
+                         "no block job on disk" + std::to_string(i)),
+              "pass")
+        << describe(runs[static_cast<std::size_t>(i)]->events());
+  }
+
+  // A second run of engine 0's id is refused, and harms nothing.
+  auto twin = run_migrate(
+      dir, "migrate-twin",
+      {"--source-qmp", monitors.back(), "--dest", "127.0.0.1:" + std::to_string(dests[0].port),
+       "--disk", "disk0", "--id", "engine-0", "--json"});
+  EXPECT_EQ(twin.exit_code, 2) << describe(twin.events) << twin.stderr_text;
+  const std::string twin_text = describe(twin.events) + twin.stderr_text;
+  EXPECT_NE(twin_text.find("migration id engine-0 is already running on this source QEMU (pid "),
+            std::string::npos)
+      << twin_text;
+
+  for (int i = 0; i < kEngines; ++i) {
+    ControlClient control(dir.file("ctl" + std::to_string(i) + ".sock"), Seconds(10));
+    const json fin = control.execute("finish");
+    EXPECT_TRUE(fin.contains("return")) << "engine " << i << ": " << fin.dump();
+  }
+  for (int i = 0; i < kEngines; ++i) {
+    MigrateRun& r = *runs[static_cast<std::size_t>(i)];
+    auto code = r.wait_exit(Seconds(60));
+    ASSERT_TRUE(code) << "engine " << i << " did not exit after finish";
+    EXPECT_EQ(*code, 0) << "engine " << i << "\n" << describe(r.events()) << r.stderr_text();
+    for (const auto& e : events_named(r.events(), "info")) {
+      EXPECT_EQ(e.value("message", "").find("left by a migration"), std::string::npos)
+          << "engine " << i << ": " << e.dump();
+    }
+    const std::string n = std::to_string(i);
+    EXPECT_TRUE(files_identical(dir.file("src" + n + ".raw"), dir.file("dst" + n + ".raw")))
+        << "disk" << n;
+    EXPECT_TRUE(has_no_export(dsts[static_cast<std::size_t>(i)].qmp())) << "dest " << i;
+  }
   EXPECT_TRUE(source_is_clean(src.qmp()));
+  // Each run removed its lock file as it ended (as root they live in /run/nbdtunnel).
+  for (const std::string& base : {dir.path().string(), std::string("/run/nbdtunnel")}) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(base, ec)) {
+      const std::string name = e.path().filename().string();
+      const bool lock = (name.starts_with(".migrate-") || name.starts_with("nbdtunnel-migrate-")) &&
+                        name.find("-engine-") != std::string::npos;
+      EXPECT_FALSE(lock) << "lock file left: " << e.path();
+    }
+  }
 }
 
 }  // namespace
