@@ -87,7 +87,7 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
       ->capture_default_str();
   cmd->add_option("--copy-mode", o.copy_mode,
                   "how stream bytes cross this process: splice (socket → pipe → socket in the "
-                  "kernel, no copy through user space; measured fastest, see bench/results) or "
+                  "kernel, no copy through user space; on a resumable channel only inbound) or "
                   "copy (recv into a buffer, send from it)")
       ->check(CLI::IsMember({"copy", "splice"}))
       ->capture_default_str();
