@@ -101,7 +101,7 @@ awaitable<void> DestLink::reconnect() {
   const std::weak_ptr<bool> alive = alive_;
   reconnecting_ = true;
   std::chrono::milliseconds backoff = 100ms;
-  std::optional<std::chrono::steady_clock::time_point> refused_since;
+  tunnel::RefusedStreak refusals;
   while (!alive.expired() && channel_ && channel_->detached() && !closed_) {
     std::string failure;
     bool refused = false;
@@ -124,8 +124,7 @@ awaitable<void> DestLink::reconnect() {
         break;
       }
       if (outcome->error().code == std::errc::permission_denied) {
-        channel_->close("connection lost and not resumed: the destination refused: " +
-                        outcome->error().message);
+        channel_->close(tunnel::resume_refused_reason(outcome->error().message));
         break;
       }
       failure = outcome->error().message;
@@ -134,17 +133,8 @@ awaitable<void> DestLink::reconnect() {
       refused = e.refused;
     }
     if (alive.expired()) co_return;
-    if (!refused) {
-      refused_since.reset();
-    } else if (!refused_since) {
-      refused_since = std::chrono::steady_clock::now();
-    } else if (std::chrono::steady_clock::now() - *refused_since >= tunnel::kRefusedGiveUp) {
-      if (channel_ && !closed_) {
-        channel_->close(fmt::format(
-            "connection lost and not resumed: the destination daemon is not running ({} for {} "
-            "s), so it cannot have kept the channel",
-            failure, tunnel::kRefusedGiveUp.count()));
-      }
+    if (refusals.too_long(refused)) {
+      if (channel_ && !closed_) channel_->close(tunnel::daemon_gone_reason(failure));
       break;
     }
     if (channel_ && !closed_) channel_->note_resume_failure(failure);

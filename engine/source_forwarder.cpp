@@ -89,16 +89,8 @@ void SourceForwarder::on_connect(int res) {
       return;
     }
     spdlog::warn("cannot connect to {}: {}", options_.connect.to_string(), last_error_);
-    if (res != -ECONNREFUSED) {
-      refused_since_.reset();
-    } else if (!refused_since_) {
-      refused_since_ = std::chrono::steady_clock::now();
-    } else if (channel_ && channel_->detached() &&
-               std::chrono::steady_clock::now() - *refused_since_ >= tunnel::kRefusedGiveUp) {
-      channel_->close(fmt::format(
-          "connection lost and not resumed: the destination daemon is not running ({} for {} "
-          "s), so it cannot have kept the channel",
-          last_error_, tunnel::kRefusedGiveUp.count()));
+    if (refusals_.too_long(res == -ECONNREFUSED) && channel_ && channel_->detached()) {
+      channel_->close(tunnel::daemon_gone_reason(last_error_));
       schedule_reconnect();
       return;
     }
@@ -106,7 +98,7 @@ void SourceForwarder::on_connect(int res) {
     schedule_reconnect();
     return;
   }
-  refused_since_.reset();
+  refusals_.too_long(false);
   if (options_.tls) {
     handshake_ = std::make_unique<tunnel::TlsHandshake>(
         io_, ring_, std::move(connecting_), options_.tls, options_.tls_verify_host,
@@ -163,8 +155,7 @@ void SourceForwarder::on_resume_attempt(tunnel::Result<tunnel::ResumeExchange::R
     return;
   }
   if (r.error().code == std::errc::permission_denied) {
-    channel_->close("connection lost and not resumed: the destination refused: " +
-                    r.error().message);
+    channel_->close(tunnel::resume_refused_reason(r.error().message));
     return;
   }
   last_error_ = "resume: " + r.error().message;

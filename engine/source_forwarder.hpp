@@ -81,9 +81,9 @@ class SourceForwarder {
   boost::asio::steady_timer connect_timer_;
   boost::asio::steady_timer backoff_timer_;
   std::chrono::milliseconds backoff_{100};
-  // Since when connecting has been refused without a break (a detached channel gives up after
-  // kRefusedGiveUp of that: nothing listens, the daemon that held it is gone).
-  std::optional<std::chrono::steady_clock::time_point> refused_since_;
+  // Connecting refused without a break: a detached channel gives up after kRefusedGiveUp of
+  // that (nothing listens, the daemon that held it is gone).
+  tunnel::RefusedStreak refusals_;
   std::string last_error_;
 
   bool stopping_ = false;

@@ -116,14 +116,7 @@ void Channel::on_keepalive_tick() {
     return;
   }
   // What arrived since the last ACK, however little, is acknowledged at least this often.
-  if (resumable_ && in_.received() > acked_) {
-    acked_ = in_.received();
-    std::vector<std::uint8_t> body;
-    encode_received(body, acked_);
-    send_packet(make_header(kProgram, static_cast<std::uint32_t>(Proc::ack), PacketType::message, 0,
-                            PacketStatus::ok),
-                body);
-  }
+  if (resumable_ && in_.received() > acked_) send_ack();
   if (config_.idle_timeout.count() > 0 && hello_done_) {
     if (active()) {
       note_activity();
@@ -597,7 +590,10 @@ void Channel::send_packet(const PacketHeader& h, std::span<const std::uint8_t> b
 // ---- Resumption ----
 
 void Channel::maybe_ack() {
-  if (!resumable_ || detached_ || closing_ || in_.received() - acked_ < kAckInterval) return;
+  if (resumable_ && !detached_ && !closing_ && in_.received() - acked_ >= kAckInterval) send_ack();
+}
+
+void Channel::send_ack() {
   acked_ = in_.received();
   std::vector<std::uint8_t> body;
   encode_received(body, acked_);

@@ -212,6 +212,7 @@ class Channel final : private StreamLink, private FrameSink {
              const PacketHeader& call);
   void attach_pending();
   void maybe_ack();
+  void send_ack();
   void send_goodbye(const std::string& reason);
   // Where the channel was when it lost a connection, for the message if it is not resumed.
   std::string not_resumed_reason() const;

@@ -14,6 +14,17 @@ namespace {
 constexpr std::uint32_t kResumeSerial = 1;
 }  // namespace
 
+std::string resume_refused_reason(const std::string& message) {
+  return "connection lost and not resumed: the destination refused: " + message;
+}
+
+std::string daemon_gone_reason(const std::string& failure) {
+  return fmt::format(
+      "connection lost and not resumed: the destination daemon is not running ({} for {} s), so "
+      "it cannot have kept the channel",
+      failure, kRefusedGiveUp.count());
+}
+
 ResumeExchange::ResumeExchange(boost::asio::io_context& io, Ring& ring,
                                std::unique_ptr<Transport> transport, const ResumeRequest& request,
                                std::chrono::milliseconds timeout, Done done)

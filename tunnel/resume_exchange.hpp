@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "tunnel/poster.hpp"
@@ -27,6 +28,30 @@ namespace nbdtunnel::tunnel {
 // long: nothing listens on the destination port, so the daemon that held the channel is gone (a
 // restarted one would refuse the RESUME anyway).
 inline constexpr std::chrono::seconds kRefusedGiveUp{3};
+
+// Connection attempts refused in a row, as an initiator of a lost channel counts them.
+class RefusedStreak {
+ public:
+  // Records one attempt; true once attempts have been refused without a break for
+  // kRefusedGiveUp.
+  bool too_long(bool refused) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!refused) {
+      since_.reset();
+      return false;
+    }
+    if (!since_) since_ = now;
+    return now - *since_ >= kRefusedGiveUp;
+  }
+
+ private:
+  std::optional<std::chrono::steady_clock::time_point> since_;
+};
+
+// Why an initiator closes a lost channel: the responder refused the RESUME (its message), or
+// connecting has been refused for kRefusedGiveUp (the last attempt's failure).
+std::string resume_refused_reason(const std::string& message);
+std::string daemon_gone_reason(const std::string& failure);
 
 class ResumeExchange {
  public:
