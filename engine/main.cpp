@@ -49,6 +49,8 @@ struct CommonOptions {
   double handshake_timeout = 10;
   double keepalive_interval = 5;
   std::uint32_t window = 2u << 20;
+  std::uint32_t max_window = 32u << 20;
+  std::uint64_t window_budget = 64u << 20;
   std::uint32_t chunk = 256u << 10;
   std::string host_id;
   std::string copy_mode = "splice";
@@ -78,8 +80,21 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
                   "intervals is dropped")
       ->check(number_in(0.1, 3600))
       ->capture_default_str();
-  cmd->add_option("--window", o.window, "receive window per stream and direction, in bytes")
+  cmd->add_option("--window", o.window,
+                  "receive window per stream and direction to begin with, in bytes (in splice "
+                  "mode at most half of fs.pipe-max-size)")
       ->check(CLI::Range(tunnel::kMinWindow, tunnel::kMaxWindow))
+      ->capture_default_str();
+  cmd->add_option("--max-window", o.max_window,
+                  "how far a stream's receive window may grow on a long link (a credit round "
+                  "trip of 1 ms or more), in bytes; --max-window equal to --window: no growth")
+      ->check(CLI::Range(tunnel::kMinWindow, tunnel::kMaxWindow))
+      ->capture_default_str();
+  cmd->add_option("--window-budget", o.window_budget,
+                  "how much all streams of one channel may grow their receive windows by "
+                  "together, in bytes (what a channel may hold for slow local sockets, beyond "
+                  "each stream's first window)")
+      ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{16} << 30))
       ->capture_default_str();
   cmd->add_option("--chunk", o.chunk, "largest payload of one STREAM packet, in bytes")
       ->check(
@@ -97,6 +112,8 @@ void add_common(CLI::App* cmd, CommonOptions& o) {
 tunnel::ChannelConfig channel_config(const CommonOptions& o) {
   tunnel::ChannelConfig c;
   c.window = o.window;
+  c.max_window = o.max_window;
+  c.window_budget = o.window_budget;
   c.chunk = std::min(o.chunk, o.window);
   c.handshake_timeout = std::chrono::milliseconds(static_cast<long>(o.handshake_timeout * 1000));
   c.keepalive_interval = std::chrono::milliseconds(static_cast<long>(o.keepalive_interval * 1000));

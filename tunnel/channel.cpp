@@ -58,6 +58,7 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, std::unique_ptr<Transp
       streams_(poster_, config_.max_streams),
       out_(*transport_, poster_, [this](const Error& e) { lost(e.message); }),
       in_(*transport_, ring_, poster_, *this, splice_),
+      window_budget_left_(config_.window_budget),
       handshake_timer_(io),
       keepalive_timer_(io),
       grace_timer_(io) {
@@ -497,11 +498,18 @@ void Channel::handle_stream(const PacketHeader& h, std::span<const std::uint8_t>
 StreamParams Channel::stream_params() const {
   StreamParams p;
   p.window = config_.window;
+  p.max_window = config_.max_window;
   p.chunk = std::min(config_.chunk, peer_hello_.window);
   p.splice = splice_;
   p.splice_tx = splice_ && !resumable_;
   p.tx_slack = resumable_ ? 2 * kAckInterval : 0;
   return p;
+}
+
+std::size_t Channel::take_window(std::size_t bytes) {
+  const std::size_t taken = std::min(bytes, window_budget_left_);
+  window_budget_left_ -= taken;
+  return taken;
 }
 
 void Channel::handle_message(const PacketHeader& h, std::span<const std::uint8_t> body) {

@@ -39,7 +39,12 @@
 namespace nbdtunnel::tunnel {
 
 struct ChannelConfig {
-  std::uint32_t window = 2u << 20;   // our receive window per stream
+  std::uint32_t window = 2u << 20;  // our receive window per stream, to begin with
+  // On a long link (a credit round trip of 1 ms or more) a stream's receive window grows, as
+  // far as the link needs, up to max_window (0 or less than window: windows do not grow) and as
+  // long as all of the channel's streams together have grown by at most window_budget.
+  std::uint32_t max_window = 32u << 20;
+  std::size_t window_budget = 64u << 20;
   std::uint32_t chunk = 256u << 10;  // payload bytes per STREAM packet we send
   std::size_t max_streams = 256;     // concurrent streams we accept
   // Responder: the daemon-wide stream limit this channel draws from (none: no daemon limit).
@@ -189,6 +194,8 @@ class Channel final : private StreamLink, private FrameSink {
   void grant_credit(std::uint32_t serial, std::uint32_t bytes) override;
   void connected(std::uint32_t serial, const Status& result) override;
   void done(std::uint32_t serial) override;
+  std::size_t take_window(std::size_t bytes) override;
+  void return_window(std::size_t bytes) override { window_budget_left_ += bytes; }
   TrafficCounters* counters() override { return config_.counters.get(); }
 
   void send_packet(const PacketHeader& h, std::span<const std::uint8_t> body = {});
@@ -235,6 +242,7 @@ class Channel final : private StreamLink, private FrameSink {
   std::map<std::uint32_t, ReplyHandler> pending_calls_;
   std::set<std::uint32_t> served_calls_;    // calls with the owner, not yet answered
   std::set<std::uint32_t> budget_streams_;  // streams holding a place in the stream budget
+  std::size_t window_budget_left_;          // what streams' windows may still grow by
   std::chrono::steady_clock::time_point last_active_ = std::chrono::steady_clock::now();
 
   boost::asio::steady_timer handshake_timer_;

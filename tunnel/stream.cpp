@@ -50,13 +50,16 @@ Stream::Stream(StreamLink& link, std::uint32_t serial, std::string target, std::
       local_(std::move(local)),
       chunk_(params.chunk),
       tx_slack_(params.tx_slack),
-      window_(params.window) {
+      window_(params.window),
+      initial_window_(params.window),
+      max_window_(std::max(params.window, params.max_window)),
+      granted_(params.window) {
   if (params.splice) {
     // Room for the whole window even if pages arrive partly filled: twice the window.
     make_pipe(pipe_r_, pipe_w_, 2 * window_);
     if (!pipe_r_) spdlog::debug("stream {}: receive pipe refused; receiving by copy", serial_);
+    if (pipe_r_) pipe_window_ = window_;
   }
-  if (!pipe_r_) rx_.resize(window_);
   // Local → peer by splice too (socket → pipe → channel): two chunks fit the pipe, with room.
   if (pipe_r_ && params.splice_tx) {
     make_pipe(tx_pipe_r_, tx_pipe_w_, 4 * chunk_);
@@ -76,11 +79,7 @@ Stream::Stream(StreamLink& link, std::uint32_t serial, std::string target, std::
   } else {
     recv_op_.set_handler(completion("waiting to read the local socket", &Stream::on_readable));
   }
-  if (pipe_r_) {
-    send_op_.set_handler(completion("waiting to write the local socket", &Stream::on_writable));
-  } else {
-    send_op_.set_handler(completion("writing the local socket", &Stream::on_sent));
-  }
+  send_op_.set_handler(completion("writing the local socket", &Stream::on_send_done));
   connect_op_.set_handler([this](int res, std::uint32_t) { on_connect(res); });
 }
 
@@ -133,7 +132,9 @@ void Stream::start(std::uint32_t credit) {
   // The peer's window in flight, what waits for acknowledgement, and two records' worth that
   // cannot wrap.
   if (!tx_pipe_r_) {
-    tx_ = std::make_unique<TxRing>(credit + tx_slack_ + 2 * (kPrefixSize + chunk_));
+    const std::size_t extra = tx_slack_ + 2 * (kPrefixSize + chunk_);
+    tx_ = std::make_unique<TxRing>(credit + extra,
+                                   std::max<std::size_t>(credit, max_window_) + extra);
   }
   arm_recv();
 }
@@ -150,6 +151,12 @@ void Stream::arm_recv() {
   const std::size_t len = std::min<std::uint64_t>(chunk_, tx_credit_);
   const std::size_t least = std::min<std::size_t>(len, 4096);
   std::span<std::uint8_t> room = tx_->reserve(kPrefixSize + len, kPrefixSize + least);
+  if (room.empty() && tx_->capacity() < tx_->max_capacity()) {
+    // Full while there is credit: the peer has grown its window past what the ring was sized
+    // for (or acknowledgements lag). Grow it by the credit held.
+    tx_->grow(tx_->capacity() + tx_credit_);
+    room = tx_->reserve(kPrefixSize + len, kPrefixSize + least);
+  }
   if (room.empty()) return;  // the ring is full: a record coming back calls here again
   const std::size_t take = room.size() - kPrefixSize;
   tx_credit_ -= take;
@@ -286,46 +293,53 @@ void Stream::on_packet(std::uint32_t status, std::span<const std::uint8_t> body)
   }
 }
 
-// A payload that arrived as bytes (copy mode, or one the channel could not splice).
+// A payload that arrived as bytes (copy mode, or one the channel could not splice): into the
+// pipe while it has room and the ring is empty, else into the ring.
 void Stream::accept_payload(std::span<const std::uint8_t> body) {
   if (remote_eof_) {
     abort(ErrorCode::protocol, "peer sent data after its end-of-data", true);
     return;
   }
-  if (body.size() > window_ - rx_used_) {
+  const std::size_t held = piped_ + rx_used_;
+  if (body.size() > window_ - held) {
     abort(ErrorCode::limit,
           fmt::format("peer sent {} bytes with only {} bytes of window left", body.size(),
-                      window_ - rx_used_),
+                      window_ - held),
           true);
     return;
   }
-  if (pipe_w_) {
+  arrived(body.size());
+  if (pipe_w_ && rx_used_ == 0 && piped_ + body.size() <= pipe_window_) {
     const ssize_t n = ::write(pipe_w_.get(), body.data(), body.size());
     if (n != static_cast<ssize_t>(body.size())) {
       abort(ErrorCode::stream_io, "writing the stream pipe failed", true);
       return;
     }
+    piped_ += body.size();
   } else {
     // Copy into the ring, in at most two pieces.
-    const std::size_t tail = (rx_head_ + rx_used_) % rx_.size();
-    const std::size_t first = std::min(body.size(), rx_.size() - tail);
-    std::memcpy(rx_.data() + tail, body.data(), first);
-    std::memcpy(rx_.data(), body.data() + first, body.size() - first);
+    if (!rx_) rx_.reset(new std::uint8_t[max_window_]);  // not zeroed: touched as used
+    const std::size_t tail = (rx_head_ + rx_used_) % window_;
+    const std::size_t first = std::min(body.size(), window_ - tail);
+    std::memcpy(rx_.get() + tail, body.data(), first);
+    std::memcpy(rx_.get(), body.data() + first, body.size() - first);
+    rx_used_ += body.size();
   }
-  rx_used_ += body.size();
   arm_send();
 }
 
 int Stream::splice_pipe(std::size_t n) const {
-  const bool ok = pipe_w_ && state_ == State::open && !remote_eof_ && n <= window_ - rx_used_;
+  const bool ok = pipe_w_ && state_ == State::open && !remote_eof_ && rx_used_ == 0 &&
+                  piped_ + n <= pipe_window_ && piped_ + n <= window_;
   return ok ? pipe_w_.get() : -1;
 }
 
 void Stream::on_spliced(std::size_t n) {
-  rx_used_ += n;
+  piped_ += n;
+  arrived(n);
   // Drain once the channel has read what the socket holds, so that several payloads reach the
-  // local socket in one splice (and wake its reader once); at half a window, drain now.
-  if (rx_used_ >= window_ / 2) {
+  // local socket in one splice (and wake its reader once); at half a pipe, drain now.
+  if (piped_ >= pipe_window_ / 2) {
     arm_send();
     return;
   }
@@ -343,13 +357,14 @@ void Stream::on_spliced(std::size_t n) {
 
 void Stream::arm_send() {
   if (state_ != State::open || send_op_.busy()) return;
-  if (rx_used_ > 0 && pipe_r_) {
+  if (piped_ > 0) {
     drain_pipe();
     return;
   }
   if (rx_used_ > 0) {
-    const std::size_t sending = std::min(rx_used_, rx_.size() - rx_head_);
-    io_uring_prep_send(link_.ring().prepare(send_op_), local_.get(), rx_.data() + rx_head_, sending,
+    const std::size_t sending = std::min(rx_used_, window_ - rx_head_);
+    sending_ring_ = true;
+    io_uring_prep_send(link_.ring().prepare(send_op_), local_.get(), rx_.get() + rx_head_, sending,
                        MSG_NOSIGNAL);
     return;
   }
@@ -362,10 +377,10 @@ void Stream::arm_send() {
 }
 
 // Splice path: moves the pipe into the local socket now; when the socket is full, waits for it
-// to become writable.
+// to become writable. Then the ring, if it holds bytes.
 void Stream::drain_pipe() {
-  while (rx_used_ > 0 && state_ == State::open) {
-    const ssize_t n = ::splice(pipe_r_.get(), nullptr, local_.get(), nullptr, rx_used_,
+  while (piped_ > 0 && state_ == State::open) {
+    const ssize_t n = ::splice(pipe_r_.get(), nullptr, local_.get(), nullptr, piped_,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -379,35 +394,94 @@ void Stream::drain_pipe() {
             true);
       return;
     }
+    piped_ -= static_cast<std::size_t>(n);
     delivered(static_cast<std::size_t>(n));
   }
   arm_send();
 }
 
-void Stream::on_writable(int) {
-  arm_send();
-}
-
-void Stream::on_sent(int res) {
+void Stream::on_send_done(int res) {
+  if (!sending_ring_) {  // the local socket is writable again
+    arm_send();
+    return;
+  }
+  sending_ring_ = false;
+  if (res == -EAGAIN) {  // io_uring waits for readiness, so this is not expected; retry
+    arm_send();
+    return;
+  }
   const auto sent = static_cast<std::size_t>(res);
-  rx_head_ = rx_used_ == sent ? 0 : (rx_head_ + sent) % rx_.size();
+  rx_used_ -= sent;
+  rx_head_ = rx_used_ == 0 ? 0 : (rx_head_ + sent) % window_;
   delivered(sent);
   arm_send();
 }
 
 void Stream::delivered(std::size_t n) {
-  rx_used_ -= n;
   bytes_from_peer_ += n;
   if (counters_) TrafficCounters::add(counters_->bytes_received, n);
   credit_owed_ += n;
   grant_credit();
 }
 
+// Window growth, as TCP's receive autotuning does it: count what arrives per round trip of the
+// credit loop; when the peer sends more than half the window in one, it is the window that
+// limits the stream, and the window doubles (up to max_window_ and what the channel's budget
+// has left). The round trip is measured, not configured: from a grant to the arrival of the
+// first byte only that grant allowed, the shortest seen. Links shorter than kLongLink never
+// grow: there a window is refilled long before it drains.
+namespace {
+constexpr std::chrono::steady_clock::duration kLongLink = std::chrono::milliseconds(1);
+}
+
+void Stream::arrived(std::size_t n) {
+  arrived_ += n;
+  if (window_ >= max_window_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (probing_ && arrived_ > probe_offset_) {
+    probing_ = false;
+    rtt_ = std::min(rtt_, now - probe_sent_);
+  }
+  if (rtt_ < kLongLink || rtt_ == std::chrono::steady_clock::duration::max()) return;
+  if (epoch_start_ == std::chrono::steady_clock::time_point{}) {  // the first round trip known
+    epoch_start_ = now;
+    epoch_arrived_ = arrived_;
+    return;
+  }
+  if (now - epoch_start_ < rtt_) return;
+  if (2 * (arrived_ - epoch_arrived_) > window_) {
+    wanted_window_ = std::min(max_window_, 2 * window_);
+  }
+  epoch_start_ = now;
+  epoch_arrived_ = arrived_;
+}
+
+std::size_t Stream::grow_window() {
+  if (wanted_window_ <= window_) return 0;
+  // The ring keeps its bytes at [head, head + used) modulo the window: it can take a new size
+  // only while they do not wrap.
+  if (rx_used_ > 0 && rx_head_ + rx_used_ > window_) return 0;
+  const std::size_t extra = link_.take_window(wanted_window_ - window_);
+  window_ += extra;
+  if (extra > 0) {
+    spdlog::debug("{}: receive window {} KiB (round trip {:.1f} ms)", describe(), window_ >> 10,
+                  std::chrono::duration<double, std::milli>(rtt_).count());
+  }
+  return extra;
+}
+
 void Stream::grant_credit() {
   // Batch credit: one message per half window delivered. The peer never waits on less: when it
   // runs out, a whole window is in flight or delivered, so half of it comes back.
   if (credit_owed_ < window_ / 2 || remote_eof_) return;
-  link_.grant_credit(serial_, static_cast<std::uint32_t>(credit_owed_));
+  const std::uint64_t grant = credit_owed_ + grow_window();
+  if (!probing_ && window_ < max_window_) {
+    probing_ = true;
+    probe_offset_ = granted_;
+    probe_sent_ = std::chrono::steady_clock::now();
+  }
+  granted_ += grant;
+  link_.grant_credit(serial_, static_cast<std::uint32_t>(grant));
   credit_owed_ = 0;
 }
 
@@ -428,7 +502,7 @@ void Stream::maybe_finish() {
   if (finish_sent_ && finish_received_) {
     spdlog::debug("{} finished: {} bytes to peer, {} bytes from peer", describe(), bytes_to_peer_,
                   bytes_from_peer_);
-    state_ = State::closed;
+    closed();
     if (counters_) TrafficCounters::add(counters_->streams_closed);
     close_local();
     link_.done(serial_);
@@ -438,12 +512,18 @@ void Stream::maybe_finish() {
 void Stream::abort(ErrorCode code, const std::string& reason, bool notify_peer) {
   if (state_ == State::closed) return;
   const bool was_open = state_ == State::open;
-  state_ = State::closed;
+  closed();
   if (was_open && counters_) TrafficCounters::add(counters_->streams_closed);
   if (was_open) spdlog::info("{} to target '{}' closed: {}", describe(), target_, reason);
   if (notify_peer) link_.send_error(serial_, make_error(code, reason));
   close_local();
   link_.done(serial_);
+}
+
+void Stream::closed() {
+  state_ = State::closed;
+  link_.return_window(window_ - initial_window_);
+  window_ = initial_window_;
 }
 
 void Stream::close_local() {

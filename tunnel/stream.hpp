@@ -7,6 +7,7 @@
 #include <sys/un.h>
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -28,8 +29,11 @@ std::uint32_t splice_window_limit(std::uint32_t window);
 
 // How a stream moves its bytes; the channel sets it for all of its streams.
 struct StreamParams {
-  std::uint32_t window = 0;  // our receive window
-  std::uint32_t chunk = 0;   // payload bytes per packet we send
+  std::uint32_t window = 0;  // our receive window to begin with
+  // How far our receive window may grow on a long link (at most; 0 or less than window: it does
+  // not grow), and how far our transmit memory may grow for a peer whose window grows.
+  std::uint32_t max_window = 0;
+  std::uint32_t chunk = 0;  // payload bytes per packet we send
   // Peer → local by splice (socket → pipe → socket, no copy through user space) instead of
   // through a user-space ring; only when the channel's transport can splice.
   bool splice = false;
@@ -89,12 +93,14 @@ class Stream final : private TxOwner {
   void local_ended();
   // Peer → local.
   void arm_send();
-  void on_sent(int res);
   void drain_pipe();
-  void on_writable(int res);
+  void on_send_done(int res);
   void accept_payload(std::span<const std::uint8_t> body);
+  void arrived(std::size_t n);
   void delivered(std::size_t n);
   void grant_credit();
+  std::size_t grow_window();
+  void closed();
 
   void on_connect(int res);
   void maybe_finish();
@@ -125,17 +131,37 @@ class Stream final : private TxOwner {
   std::size_t tx_piped_ = 0;  // bytes in the transmit pipe, lent to the write queue
   Op recv_op_;
 
-  // Peer → local: a ring of window bytes (copy), or a pipe holding up to window bytes (splice).
-  std::size_t window_;
-  std::vector<std::uint8_t> rx_;
+  // Peer → local: a pipe holding up to pipe_window_ bytes (splice), and a ring of window bytes
+  // (copy mode; in splice mode only once the window has grown past what the pipe holds: what
+  // does not fit the pipe, and everything after it until the ring is empty again, so that the
+  // bytes leave in order: first the pipe's, then the ring's).
+  std::size_t window_;                  // our receive window now
+  const std::size_t initial_window_;    // the window HELLO announced (the peer's first credit)
+  const std::size_t max_window_;        // how far window_ may grow
+  std::size_t pipe_window_ = 0;         // what the pipe may hold (0: no pipe)
+  std::unique_ptr<std::uint8_t[]> rx_;  // max_window_ bytes, taken on first use, touched as used
   unique_fd pipe_r_, pipe_w_;
   bool drain_posted_ = false;
+  bool sending_ring_ = false;  // send_op_ is a send from the ring (else a wait for POLLOUT)
+  std::size_t piped_ = 0;      // bytes in the pipe
   std::size_t rx_head_ = 0;
-  std::size_t rx_used_ = 0;
+  std::size_t rx_used_ = 0;  // bytes in the ring
   std::uint64_t credit_owed_ = 0;
   bool remote_eof_ = false;
   bool local_shut_wr_ = false;
   Op send_op_;
+
+  // Window growth (see grow_window): the credit granted and the bytes arrived so far, one
+  // probe of the credit loop's round trip, and the bytes that arrived in the last round trip.
+  std::uint64_t granted_ = 0;
+  std::uint64_t arrived_ = 0;
+  std::chrono::steady_clock::duration rtt_ = std::chrono::steady_clock::duration::max();
+  bool probing_ = false;
+  std::uint64_t probe_offset_ = 0;  // the first byte that needed the probed grant
+  std::chrono::steady_clock::time_point probe_sent_{};
+  std::chrono::steady_clock::time_point epoch_start_{};
+  std::uint64_t epoch_arrived_ = 0;
+  std::size_t wanted_window_ = 0;
 
   // Opening and closing.
   sockaddr_un connect_addr_{};

@@ -34,6 +34,10 @@ class StreamLink {
   virtual void connected(std::uint32_t serial, const Status& result) = 0;
   // The stream has closed, or an operation of a closed stream finished: reap it once idle.
   virtual void done(std::uint32_t serial) = 0;
+  // Receive window beyond the stream's first one, from the channel's budget: up to `bytes`
+  // (what is left of the budget), given back when the stream closes.
+  virtual std::size_t take_window(std::size_t bytes) = 0;
+  virtual void return_window(std::size_t bytes) = 0;
   // Where the stream's traffic is counted (the daemon's metrics), or nowhere.
   virtual TrafficCounters* counters() { return nullptr; }
 

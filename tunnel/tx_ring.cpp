@@ -7,7 +7,7 @@ namespace nbdtunnel::tunnel {
 
 std::span<std::uint8_t> TxRing::reserve(std::size_t want, std::size_t min) {
   assert(!reserved_ && min <= want);
-  if (!bytes_) bytes_.reset(new std::uint8_t[capacity_]);  // not zeroed: touched as used
+  if (!bytes_) bytes_.reset(new std::uint8_t[max_capacity_]);  // not zeroed: touched as used
   if (records_.empty()) head_ = 0;
   std::size_t at = head_;
   std::size_t room = 0;

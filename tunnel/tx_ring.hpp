@@ -4,9 +4,12 @@
 // taken in order and may come back in any order; space is reclaimed from the oldest record on.
 // A record never wraps: when the end of the ring is too short, the next one starts at 0.
 // A resumable channel keeps each record until the peer acknowledges it, so the ring is sized
-// for the peer's window and what may wait for an acknowledgement; the memory is taken on
-// first use and its pages only as they are reached.
+// for the peer's window and what may wait for an acknowledgement. The peer may grow its window
+// (by granting more credit than it drained), so the ring may grow too, up to a limit fixed at
+// construction: its memory is reserved for that limit on first use, and pages are touched only
+// as records reach them.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -17,11 +20,18 @@ namespace nbdtunnel::tunnel {
 
 class TxRing {
  public:
-  explicit TxRing(std::size_t capacity) : capacity_(capacity) {}
+  explicit TxRing(std::size_t capacity) : TxRing(capacity, capacity) {}
+  TxRing(std::size_t capacity, std::size_t max_capacity)
+      : capacity_(std::min(capacity, max_capacity)), max_capacity_(max_capacity) {}
   TxRing(const TxRing&) = delete;
   TxRing& operator=(const TxRing&) = delete;
 
   std::size_t capacity() const { return capacity_; }
+  std::size_t max_capacity() const { return max_capacity_; }
+  // Lets records reach up to `capacity` bytes (at most max_capacity()); never shrinks.
+  void grow(std::size_t capacity) {
+    capacity_ = std::max(capacity_, std::min(capacity, max_capacity_));
+  }
   // A contiguous region of up to `want` bytes, at least `min`, for the next record; empty when
   // there is not that much room now. One reservation at a time; commit or cancel it.
   std::span<std::uint8_t> reserve(std::size_t want, std::size_t min);
@@ -41,7 +51,8 @@ class TxRing {
     bool released;
   };
 
-  const std::size_t capacity_;
+  std::size_t capacity_;
+  const std::size_t max_capacity_;
   std::unique_ptr<std::uint8_t[]> bytes_;
   std::deque<Record> records_;  // oldest first
   std::uint32_t first_id_ = 0;  // the id of records_.front()

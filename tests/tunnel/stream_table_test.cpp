@@ -26,6 +26,8 @@ class RecordingLink final : public StreamLink {
   void grant_credit(std::uint32_t, std::uint32_t) override {}
   void connected(std::uint32_t, const Status&) override {}
   void done(std::uint32_t serial) override { done_serials.push_back(serial); }
+  std::size_t take_window(std::size_t) override { return 0; }
+  void return_window(std::size_t) override {}
   std::vector<std::uint32_t> errors, done_serials;
 
  private:

@@ -57,5 +57,27 @@ TEST(TxRing, CancelGivesTheReservationBack) {
   EXPECT_EQ(ring.reserve(64, 64).size(), 64u);
 }
 
+// A peer that grows its window lets the ring grow, up to its limit.
+TEST(TxRing, GrowsUpToItsLimitAndNeverShrinks) {
+  TxRing ring(100, 250);
+  const std::uint32_t ia = ring.commit(ring.reserve(60, 60).size());
+  ring.commit(ring.reserve(40, 40).size());
+  EXPECT_TRUE(ring.reserve(10, 10).empty()) << "full at its first capacity";
+  ring.grow(200);
+  EXPECT_EQ(ring.capacity(), 200u);
+  std::span<std::uint8_t> c = ring.reserve(150, 10);
+  ASSERT_EQ(c.size(), 100u) << "the new room is after the old end";
+  ring.commit(100);
+  ring.release(ia);
+  ring.grow(1000);
+  EXPECT_EQ(ring.capacity(), 250u) << "capped at the limit";
+  ring.grow(10);
+  EXPECT_EQ(ring.capacity(), 250u) << "never shrinks";
+  // 60 bytes free at the start, 50 at the end of the grown ring: the end first.
+  std::span<std::uint8_t> d = ring.reserve(100, 50);
+  ASSERT_EQ(d.size(), 50u);
+  EXPECT_EQ(d.data(), c.data() + 100);
+}
+
 }  // namespace
 }  // namespace nbdtunnel::tunnel
