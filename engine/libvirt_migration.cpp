@@ -129,7 +129,7 @@ class LibvirtRun {
 
   LibvirtMigrateOptions o_;
   std::unique_ptr<ProgressReporter> report_;
-  asio::io_context io_;
+  asio::io_context io_{1};  // run by io_thread_ only
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   std::unique_ptr<tunnel::Ring> ring_;
   std::thread io_thread_;

@@ -193,7 +193,9 @@ void setup_logging(const std::string& level) {
 // One thread running one instance of a role on its own io_context and ring.
 template <class Role>
 struct Worker {
-  boost::asio::io_context io;
+  // One thread runs it: handlers it posts for itself need no lock and no wake-up of its
+  // reactor (measured: one epoll_ctl and one extra epoll_wait per completion batch without).
+  boost::asio::io_context io{1};
   std::unique_ptr<tunnel::Ring> ring;
   std::unique_ptr<Role> role;
   std::atomic<bool> stopped{false};

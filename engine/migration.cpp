@@ -825,7 +825,7 @@ std::string new_migration_id() {
 }
 
 int run_migration(MigrateOptions options) {
-  asio::io_context io;
+  asio::io_context io{1};  // run by this thread only
   std::unique_ptr<tunnel::Ring> ring;
   try {
     ring = std::make_unique<tunnel::Ring>(io);

@@ -62,6 +62,7 @@ class Ring {
   io_uring ring_{};
   unique_fd event_fd_;
   boost::asio::posix::stream_descriptor event_desc_;
+  std::uint64_t event_count_ = 0;  // what a read of the eventfd returns; not used
   boost::asio::steady_timer retry_timer_;
   io_uring_sqe scratch_{};  // handed out when no SQE can be had; never submitted
   std::size_t in_flight_ = 0;

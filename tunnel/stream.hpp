@@ -96,6 +96,8 @@ class Stream final : private TxOwner {
   void drain_pipe();
   void on_send_done(int res);
   void accept_payload(std::span<const std::uint8_t> body);
+  // A non-blocking send to the local socket; returns what it took (0 when full or failed).
+  std::size_t send_now(std::span<const std::uint8_t> bytes);
   void arrived(std::size_t n);
   void delivered(std::size_t n);
   void grant_credit();
