@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <sys/random.h>
 
+#include <algorithm>
+
 #include "tunnel/packet.hpp"
 
 namespace nbdtunnel::tunnel {
@@ -502,7 +504,8 @@ StreamParams Channel::stream_params() const {
   p.chunk = std::min(config_.chunk, peer_hello_.window);
   p.splice = splice_;
   p.splice_tx = splice_ && !resumable_;
-  p.tx_slack = resumable_ ? 2 * kAckInterval : 0;
+  p.tx_slack = resumable_ ? 2 * kMinAckInterval : 0;
+  p.tx_max_slack = resumable_ ? 2 * kMaxAckInterval : 0;
   return p;
 }
 
@@ -598,7 +601,10 @@ void Channel::send_packet(const PacketHeader& h, std::span<const std::uint8_t> b
 // ---- Resumption ----
 
 void Channel::maybe_ack() {
-  if (resumable_ && !detached_ && !closing_ && in_.received() - acked_ >= kAckInterval) send_ack();
+  if (!resumable_ || detached_ || closing_) return;
+  const std::size_t interval = std::clamp(kAckShare / std::max<std::size_t>(streams_.size(), 1),
+                                          kMinAckInterval, kMaxAckInterval);
+  if (in_.received() - acked_ >= interval) send_ack();
 }
 
 void Channel::send_ack() {

@@ -50,6 +50,7 @@ Stream::Stream(StreamLink& link, std::uint32_t serial, std::string target, std::
       local_(std::move(local)),
       chunk_(params.chunk),
       tx_slack_(params.tx_slack),
+      tx_max_slack_(std::max(params.tx_slack, params.tx_max_slack)),
       window_(params.window),
       initial_window_(params.window),
       max_window_(std::max(params.window, params.max_window)),
@@ -130,11 +131,12 @@ void Stream::start(std::uint32_t credit) {
   if (pipe_r_ || tx_pipe_r_) set_nonblocking(local_.get());
   tx_credit_ = credit;
   // The peer's window in flight, what waits for acknowledgement, and two records' worth that
-  // cannot wrap.
+  // cannot wrap; up to a grown window and the most that may wait for acknowledgement.
   if (!tx_pipe_r_) {
-    const std::size_t extra = tx_slack_ + 2 * (kPrefixSize + chunk_);
-    tx_ = std::make_unique<TxRing>(credit + extra,
-                                   std::max<std::size_t>(credit, max_window_) + extra);
+    const std::size_t records = 2 * (kPrefixSize + chunk_);
+    tx_ = std::make_unique<TxRing>(
+        credit + tx_slack_ + records,
+        std::max<std::size_t>(credit, max_window_) + tx_max_slack_ + records);
   }
   arm_recv();
 }
@@ -153,7 +155,7 @@ void Stream::arm_recv() {
   std::span<std::uint8_t> room = tx_->reserve(kPrefixSize + len, kPrefixSize + least);
   if (room.empty() && tx_->capacity() < tx_->max_capacity()) {
     // Full while there is credit: the peer has grown its window past what the ring was sized
-    // for (or acknowledgements lag). Grow it by the credit held.
+    // for, or acknowledgements come less often. Grow it by the credit held.
     tx_->grow(tx_->capacity() + tx_credit_);
     room = tx_->reserve(kPrefixSize + len, kPrefixSize + least);
   }
@@ -446,18 +448,24 @@ void Stream::delivered(std::size_t n) {
 }
 
 // Window growth, as TCP's receive autotuning does it: count what arrives per round trip of the
-// credit loop; when the peer sends more than half the window in one, it is the window that
+// credit loop; when the peer sends more than half the window in one, the window may be what
 // limits the stream, and the window doubles (up to max_window_ and what the channel's budget
 // has left). The round trip is measured, not configured: from a grant to the arrival of the
 // first byte only that grant allowed, the shortest seen. Links shorter than kLongLink never
 // grow: there a window is refilled long before it drains.
+// A round trip also grows when the window only fills queues (many streams on a busy host, a
+// slow disk): then a larger window brings no more bytes per second. So, as BBR leaves its
+// start-up, the window grows again only once the last growth has paid off (a quarter more
+// bytes per second), and never again after kFlatRoundTrips round trips that did not.
 namespace {
 constexpr std::chrono::steady_clock::duration kLongLink = std::chrono::milliseconds(1);
-}
+constexpr double kPaidOff = 1.25;
+constexpr int kFlatRoundTrips = 3;
+}  // namespace
 
 void Stream::arrived(std::size_t n) {
   arrived_ += n;
-  if (window_ >= max_window_) return;
+  if (window_ >= max_window_ || growth_done_) return;
   const auto now = std::chrono::steady_clock::now();
   if (probing_ && arrived_ > probe_offset_) {
     probing_ = false;
@@ -470,8 +478,17 @@ void Stream::arrived(std::size_t n) {
     return;
   }
   if (now - epoch_start_ < rtt_) return;
-  if (2 * (arrived_ - epoch_arrived_) > window_) {
+  const std::uint64_t bytes = arrived_ - epoch_arrived_;
+  const double rate =
+      static_cast<double>(bytes) / std::chrono::duration<double>(now - epoch_start_).count();
+  const bool paid_off = rate_at_growth_ == 0 || rate >= kPaidOff * rate_at_growth_;
+  if (2 * bytes > window_ && paid_off) {
     wanted_window_ = std::min(max_window_, 2 * window_);
+    rate_at_growth_ = rate;
+    flat_round_trips_ = 0;
+  } else if (rate_at_growth_ > 0 && ++flat_round_trips_ >= kFlatRoundTrips) {
+    growth_done_ = true;
+    spdlog::debug("{}: receive window stays at {} KiB", describe(), window_ >> 10);
   }
   epoch_start_ = now;
   epoch_arrived_ = arrived_;

@@ -41,8 +41,10 @@ struct StreamParams {
   // peer acknowledges it, and a pipe gives its bytes up as they leave.
   bool splice_tx = false;
   // Copy mode: transmit memory beyond the peer's window, for bytes that wait for the channel's
-  // acknowledgement (resumable channels) and for records that cannot wrap.
+  // acknowledgement (resumable channels), to begin with and at most (the ring grows when
+  // acknowledgements come less often than its first size allows for).
   std::size_t tx_slack = 0;
+  std::size_t tx_max_slack = 0;
 };
 
 class Stream final : private TxOwner {
@@ -124,6 +126,7 @@ class Stream final : private TxOwner {
   // holding up to two chunks (splice).
   std::uint32_t chunk_;
   std::size_t tx_slack_;
+  std::size_t tx_max_slack_;
   std::unique_ptr<TxRing> tx_;
   std::uint8_t* receiving_ = nullptr;  // the record a recv in flight fills
   std::size_t recv_reserved_ = 0;
@@ -164,6 +167,9 @@ class Stream final : private TxOwner {
   std::chrono::steady_clock::time_point epoch_start_{};
   std::uint64_t epoch_arrived_ = 0;
   std::size_t wanted_window_ = 0;
+  double rate_at_growth_ = 0;  // bytes per second in the round trip that last grew the window
+  int flat_round_trips_ = 0;   // round trips since then that did not pay it off
+  bool growth_done_ = false;
 
   // Opening and closing.
   sockaddr_un connect_addr_{};

@@ -102,7 +102,8 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
   bool peer_sees_eof(std::chrono::milliseconds timeout) { return peer_.sees_eof(timeout); }
 
   std::uint64_t echo_on_credit(std::size_t size, std::chrono::milliseconds delay);
-  std::uint64_t credit_over_a_long_link(std::chrono::milliseconds delay, int round_trips);
+  std::uint64_t credit_over_a_long_link(std::chrono::milliseconds delay, int round_trips,
+                                        std::size_t bytes_per_ms = 0);
 
   void hello() {
     Hello h;
@@ -586,21 +587,26 @@ std::uint64_t ChannelTest::echo_on_credit(std::size_t size, std::chrono::millise
 
 // Sends to a sink as fast as credit allows, but uses each grant only `delay` after it arrives
 // (a long link's round trip), for `round_trips` grants; returns the largest credit the channel
-// let us hold at once (its receive window, less what was in flight).
-std::uint64_t ChannelTest::credit_over_a_long_link(std::chrono::milliseconds delay,
-                                                   int round_trips) {
+// let us hold at once (its receive window, less what was in flight). With `bytes_per_ms`, a
+// round trip also lasts as long as what was sent takes at that rate: a link (or a queue) that
+// a larger window does not make faster.
+std::uint64_t ChannelTest::credit_over_a_long_link(std::chrono::milliseconds delay, int round_trips,
+                                                   std::size_t bytes_per_ms) {
   std::uint64_t window_left = kMinWindow, most = window_left;
   const Bytes piece(16 * 1024, 0x6b);
   for (int trip = 0; trip < round_trips && !HasFatalFailure(); ++trip) {
+    std::size_t sent = 0;
     while (window_left > 0) {
       const std::size_t n = std::min<std::uint64_t>(piece.size(), window_left);
       send(hdr(2, PacketType::stream, 2, PacketStatus::cont),
            Bytes(piece.begin(), piece.begin() + static_cast<long>(n)));
       window_left -= n;
+      sent += n;
     }
     // Wait for credit, hold it for the round trip, then take whatever else came meanwhile.
     std::optional<Packet> p = read_packet();
-    std::this_thread::sleep_for(delay);
+    std::this_thread::sleep_for(
+        bytes_per_ms ? std::max(delay, std::chrono::milliseconds(sent / bytes_per_ms)) : delay);
     for (; p; p = read_packet(1ms)) {
       EXPECT_EQ(p->h.type, static_cast<std::uint32_t>(PacketType::message)) << "not a credit";
       Result<std::uint32_t> n = decode_credit(p->body);
@@ -623,6 +629,19 @@ TEST_P(ChannelTest, WindowGrowsOnALongLinkUpToItsLimit) {
   const std::uint64_t most = credit_over_a_long_link(5ms, 200);
   EXPECT_GT(most, 2 * kMinWindow) << "the window did not grow";
   EXPECT_LE(most, 8 * kMinWindow) << "the window grew past max_window";
+  expect_alive();
+}
+
+// A round trip that grows with what is sent (the bytes only queue up): the window grows once
+// or twice, sees no more bytes per second for it, and stops, far below max_window.
+TEST_P(ChannelTest, WindowStopsGrowingWhenGrowthBringsNoMoreBytes) {
+  ChannelConfig c;
+  c.max_window = 16 * kMinWindow;
+  open_stream("sink", sink_target(), c);
+  if (HasFatalFailure()) return;
+  // 64 KiB per 5 ms, however much credit there is.
+  const std::uint64_t most = credit_over_a_long_link(5ms, 60, kMinWindow / 5);
+  EXPECT_LE(most, 4 * kMinWindow) << "the window kept growing";
   expect_alive();
 }
 
