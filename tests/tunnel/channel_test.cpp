@@ -14,6 +14,7 @@
 #include <boost/asio/post.hpp>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -147,15 +148,22 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
     return close_reason_;
   }
 
-  // A target that echoes everything back, then half-closes when its input ends.
-  std::string echo_target() {
+  // A target socket dir_/NAME.sock whose one connection `serve` handles on a thread.
+  std::string target(const std::string& name, std::function<void(unique_fd)> serve) {
     std::filesystem::create_directories(dir_);
-    const std::string path = dir_ + "/echo.sock";
+    const std::string path = dir_ + "/" + name + ".sock";
     Result<unique_fd> listening = listen_unix(path, 0600);
     EXPECT_TRUE(listening) << listening.error().message;
     if (!listening) return path;
-    echo_threads_.emplace_back([l = std::move(*listening)]() mutable {
-      unique_fd c(::accept(l.get(), nullptr, nullptr));
+    echo_threads_.emplace_back([l = std::move(*listening), serve = std::move(serve)]() mutable {
+      serve(unique_fd(::accept(l.get(), nullptr, nullptr)));
+    });
+    return path;
+  }
+
+  // A target that echoes everything back, then half-closes when its input ends.
+  std::string echo_target() {
+    return target("echo", [](unique_fd c) {
       std::uint8_t buf[65536];
       for (;;) {
         const ssize_t n = ::recv(c.get(), buf, sizeof buf, 0);
@@ -165,23 +173,15 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
       ::shutdown(c.get(), SHUT_WR);
       ::recv(c.get(), buf, 1, 0);
     });
-    return path;
   }
 
   // A target that reads everything and keeps nothing.
   std::string sink_target() {
-    std::filesystem::create_directories(dir_);
-    const std::string path = dir_ + "/sink.sock";
-    Result<unique_fd> listening = listen_unix(path, 0600);
-    EXPECT_TRUE(listening) << listening.error().message;
-    if (!listening) return path;
-    echo_threads_.emplace_back([l = std::move(*listening)]() mutable {
-      unique_fd c(::accept(l.get(), nullptr, nullptr));
+    return target("sink", [](unique_fd c) {
       std::vector<std::uint8_t> buf(1 << 20);
       while (::recv(c.get(), buf.data(), buf.size(), 0) > 0) {
       }
     });
-    return path;
   }
 
   // Starts the channel, exchanges HELLO and opens stream 2 to an echo target.
