@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "tests/integration/harness/files.hpp"
+#include "tests/integration/harness/nbd_servers.hpp"
 #include "tests/integration/harness/require_tools.hpp"
 #include "tests/integration/harness/sockets.hpp"
 #include "tests/integration/harness/tunnel.hpp"
@@ -29,6 +30,7 @@ class WatchedDest : public ::testing::Test {
         std::vector<std::string>{"socat", "UNIX-LISTEN:" + dir_.file("echo.sock") + ",fork",
                                  "EXEC:cat"},
         dir_.file("echo.log"));
+    ASSERT_TRUE(wait_for_unix_listener(dir_.file("echo.sock"), Seconds(10))) << echo_->log();
     dest_ = std::make_unique<TunnelDest>(
         start_dest(dir_, {"echo=" + dir_.file("echo.sock")},
                    {"--control-socket", dir_.file("control.sock"), "--metrics-listen", "0",
