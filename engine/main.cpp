@@ -9,11 +9,13 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -614,8 +616,8 @@ CLI::App* add_migrate_command(CLI::App& app, MigrateArgs& a) {
                       "runs as root)");
   migrate
       ->add_option("--bandwidth", mo.bandwidth_mib,
-                   "limit in MiB/s for all disks together (0 = unlimited); changeable live "
-                   "with set-bandwidth on the control socket")
+                   "limit in MiB/s for all disks together (0 = unlimited; whole MiB/s in "
+                   "libvirt mode); changeable live with set-bandwidth on the control socket")
       ->check(number_in(0, 1e6));
   migrate->add_flag("--shallow", mo.shallow,
                     "copy only the top image (sync=top): the backing chain is already present at "
@@ -741,6 +743,12 @@ int run_libvirt_migrate(MigrateArgs a) {
         fmt::format("--id '{}': use 1 to {} letters, digits, '.', '_' or '-', "
                     "starting with a letter or digit",
                     mo.migration_id, engine::kMaxMigrationIdLen));
+  }
+  if (mo.bandwidth_mib != std::floor(mo.bandwidth_mib)) {
+    // libvirt's migration bandwidth is a whole number of MiB/s: say so rather than round.
+    return usage_error(
+        fmt::format("--bandwidth {}: libvirt mode takes whole MiB/s (libvirt's unit), e.g. {}",
+                    mo.bandwidth_mib, std::max(1.0, std::round(mo.bandwidth_mib))));
   }
   auto owner = qemu_owner(a.qemu_user);
   if (!owner) return usage_error("--qemu-user: no user '" + a.qemu_user + "' on this host");

@@ -94,6 +94,8 @@ TEST(Cli, LibvirtRoleAndModeRulesExit2WithTheReason) {
       {{"migrate", "--dest", "127.0.0.1:1"}, "--source-qmp"},
       {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--bandwidth", "nan"},
        "'nan' is not a number"},
+      {{"migrate", "--dest", "127.0.0.1:1", "--domain", "vm", "--bandwidth", "1e-9"},
+       "libvirt mode takes whole MiB/s"},
       {{"dest", "--listen", "127.0.0.1:0", "--target", "a=/x", "--idle-timeout", "inf"},
        "'inf' is not a number"},
       {{"dest", "--listen", "127.0.0.1:0", "--target", "a=/x", "--handshake-timeout", "0"},

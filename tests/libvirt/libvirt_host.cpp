@@ -101,6 +101,18 @@ constexpr const char* kQemuConf =
 
 }  // namespace
 
+// Nothing left in either side's /run/nbdtunnel.
+::testing::AssertionResult run_dirs_empty(LibvirtPair& pair) {
+  for (LibvirtHost* h : {&pair.source(), &pair.destination()}) {
+    const std::filesystem::path dir = h->path("/run/nbdtunnel");
+    if (!std::filesystem::exists(dir)) continue;
+    for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+      return ::testing::AssertionFailure() << h->name() << " still has " << entry.path().string();
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
 bool process_alive(pid_t pid) {
   if (pid <= 0 || ::kill(pid, 0) != 0) return false;
   // "pid (comm) S ...": the state follows the last ')'.

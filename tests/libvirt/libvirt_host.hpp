@@ -48,6 +48,7 @@
 //   sockets alone: the destination QEMU listens on M (-incoming) and N (nbd-server-start),
 //   the source QEMU connects to the same paths, which on the source are nbdtunnel's sockets.
 
+#include <gtest/gtest.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -192,6 +193,9 @@ class LibvirtPair {
   std::unique_ptr<LibvirtHost> destination_;
   double startup_seconds_ = 0;
 };
+
+// Nothing left in either side's /run/nbdtunnel.
+::testing::AssertionResult run_dirs_empty(LibvirtPair& pair);
 
 // True while `pid` names a process that has not exited (a zombie counts as exited).
 bool process_alive(pid_t pid);

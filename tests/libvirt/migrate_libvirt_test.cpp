@@ -67,18 +67,6 @@ bool has(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
-// Nothing left in either side's /run/nbdtunnel.
-::testing::AssertionResult run_dirs_empty(LibvirtPair& pair) {
-  for (LibvirtHost* h : {&pair.source(), &pair.destination()}) {
-    const std::filesystem::path dir = h->path("/run/nbdtunnel");
-    if (!std::filesystem::exists(dir)) continue;
-    for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-      return ::testing::AssertionFailure() << h->name() << " still has " << entry.path().string();
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
-
 // After a migration of `spec`: the domain runs on the destination only, and each disk there
 // holds what the source image holds. Destroys the destination's copy.
 void expect_moved(LibvirtPair& pair, const DomainSpec& spec) {
