@@ -4,8 +4,11 @@
 # nbdtunnel dest + source), waits until the copy is under way, samples both relay processes
 # with `perf record -g` for a few seconds, and counts their syscalls and context switches with
 # `perf stat` for as long again. Writes bench/results/PROFILE-<date>-<mode>.txt.
+# --transport naive-relay profiles the calibration relay (bench/tools/naive_relay) the same way
+# instead, for comparison (PROFILE-<date>-naive-relay.txt).
 #
-#   bench/profile.sh [--mode splice|copy] [--seconds N] [--size 4G] [--nbdtunnel-args "..."]
+#   bench/profile.sh [--mode splice|copy] [--transport nbdtunnel|naive-relay] [--seconds N]
+#                    [--size 4G] [--nbdtunnel-args "..."]
 #
 # Needs root (or perf_event_paranoid <= 1) and the linux-perf package (scripts/setup.sh).
 set -euo pipefail
@@ -13,12 +16,14 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD="$ROOT/build-release"
 mode=splice
+transport=nbdtunnel
 seconds=3
 size=4G
 extra=""
 while (($#)); do
   case "$1" in
     --mode) mode=$2; shift ;;
+    --transport) transport=$2; shift ;;
     --seconds) seconds=$2; shift ;;
     --size) size=$2; shift ;;
     --nbdtunnel-args) extra=$2; shift ;;
@@ -27,16 +32,21 @@ while (($#)); do
   esac
   shift
 done
+case "$transport" in
+  nbdtunnel) procname=nbdtunnel; label=$mode ;;
+  naive-relay) procname=naive_relay; label=naive-relay ;;
+  *) echo "profile.sh: --transport is nbdtunnel or naive-relay" >&2; exit 2 ;;
+esac
 
 "$ROOT/scripts/setup.sh"
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DNBDTUNNEL_TESTS=OFF -DNBDTUNNEL_BENCH=ON -DNBDTUNNEL_WERROR=OFF >/dev/null
-cmake --build "$BUILD" --target nbdtunnel nbd_latency -j2
+cmake --build "$BUILD" --target nbdtunnel nbd_latency naive_relay -j2
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 "$ROOT/bench/macro/run_bench.py" --nbdtunnel "$BUILD/engine/nbdtunnel" \
-  --latency-tool "$BUILD/bench/tools/nbd_latency" --workloads W1 --transports nbdtunnel \
+  --latency-tool "$BUILD/bench/tools/nbd_latency" --workloads W1 --transports "$transport" \
   --modes "$mode" --runs 1 --warmup 0 --size "$size" --nbdtunnel-args "$extra" \
   --results-dir "$work" >"$work/bench.log" 2>&1 &
 bench=$!
@@ -45,7 +55,7 @@ bench=$!
 pids=""
 for _ in $(seq 1 1200); do
   if ! kill -0 "$bench" 2>/dev/null; then break; fi
-  mapfile -t relays < <(pgrep -x nbdtunnel || true)
+  mapfile -t relays < <(pgrep -x "$procname" || true)
   if ((${#relays[@]} >= 2)); then
     ticks=$(awk '{print $14 + $15}' "/proc/${relays[0]}/stat" 2>/dev/null || echo 0)
     if ((ticks > 20)); then
@@ -73,9 +83,9 @@ wait "$bench" || true
 # The report pipes end in head, which closes them early: that is not a failure here.
 set +o pipefail
 stamp=$(date +%Y-%m-%dT%H%M)
-out="$ROOT/bench/results/PROFILE-$stamp-$mode.txt"
+out="$ROOT/bench/results/PROFILE-$stamp-$label.txt"
 {
-  echo "nbdtunnel relay profile, $stamp, W1 mirror of $size, copy mode $mode, ${seconds}s samples"
+  echo "$transport relay profile, $stamp, W1 mirror of $size, $label, ${seconds}s samples"
   echo "kernel $(uname -r), $(nproc) CPUs; extra args: ${extra:-none}"
   echo
   echo "== bench result (the run the samples come from)"

@@ -197,6 +197,7 @@ template <class Role>
 struct Worker {
   // One thread runs it: handlers it posts for itself need no lock and no wake-up of its
   // reactor (measured: one epoll_ctl and one extra epoll_wait per completion batch without).
+  // The ring runs the loop (Ring::Driver::self), Asio's handlers included.
   boost::asio::io_context io{1};
   std::unique_ptr<tunnel::Ring> ring;
   std::unique_ptr<Role> role;
@@ -213,7 +214,7 @@ int run_role(Options options, unsigned threads,
   for (unsigned i = 0; i < threads; ++i) {
     auto w = std::make_unique<Worker<Role>>();
     try {
-      w->ring = std::make_unique<tunnel::Ring>(w->io);
+      w->ring = std::make_unique<tunnel::Ring>(w->io, 1024, tunnel::Ring::Driver::self);
     } catch (const std::exception& e) {
       spdlog::error("cannot set up io_uring: {} (is kernel.io_uring_disabled set?)", e.what());
       return kExitFailed;
@@ -232,7 +233,7 @@ int run_role(Options options, unsigned threads,
   for (auto& w : workers) {
     w->thread = std::thread([&w = *w, &deadline] {
       for (;;) {
-        w.io.run_one_for(std::chrono::milliseconds(200));
+        w.ring->run_once(std::chrono::milliseconds(200));
         if (w.stopped && w.ring->in_flight() == 0) break;
         const std::int64_t d = deadline;
         if (d != 0 && std::chrono::steady_clock::now().time_since_epoch().count() > d) {

@@ -56,7 +56,7 @@ Channel::Channel(boost::asio::io_context& io, Ring& ring, std::unique_ptr<Transp
       events_(std::move(events)),
       transport_(std::move(transport)),
       splice_(config_.splice),
-      poster_(io),
+      poster_(ring),
       streams_(poster_, config_.max_streams),
       out_(*transport_, poster_, [this](const Error& e) { lost(e.message); }),
       in_(*transport_, ring_, poster_, *this, splice_),

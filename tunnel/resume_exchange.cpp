@@ -29,7 +29,7 @@ ResumeExchange::ResumeExchange(boost::asio::io_context& io, Ring& ring,
                                std::unique_ptr<Transport> transport, const ResumeRequest& request,
                                std::chrono::milliseconds timeout, Done done)
     : ring_(ring),
-      poster_(io),
+      poster_(ring),
       transport_(std::move(transport)),
       reply_(kLengthSize),
       timeout_(timeout),

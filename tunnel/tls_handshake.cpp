@@ -79,7 +79,7 @@ TlsHandshake::TlsHandshake(boost::asio::io_context& io, Ring& ring, unique_fd fd
                            std::shared_ptr<TlsContext> ctx, std::string verify_host,
                            std::chrono::milliseconds timeout, Done done)
     : ring_(ring),
-      poster_(io),
+      poster_(ring),
       ctx_(std::move(ctx)),
       fd_(std::move(fd)),
       verify_host_(std::move(verify_host)),

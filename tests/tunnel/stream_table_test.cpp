@@ -15,7 +15,7 @@ using namespace std::chrono_literals;
 // A link that records what its streams ask; these tests never start a stream.
 class RecordingLink final : public StreamLink {
  public:
-  explicit RecordingLink(boost::asio::io_context& io) : ring_(io), poster_(io) {}
+  explicit RecordingLink(boost::asio::io_context& io) : ring_(io), poster_(ring_) {}
   Ring& ring() override { return ring_; }
   Poster& poster() override { return poster_; }
   void send_payload(BufferLease) override {}
@@ -50,7 +50,7 @@ class StreamTableTest : public ::testing::Test {
 
   boost::asio::io_context io_;
   RecordingLink link_{io_};
-  Poster poster_{io_};
+  Poster poster_{link_.ring()};
   StreamTable table_{poster_, 2};
 };
 

@@ -141,7 +141,7 @@ class WriteQueueTest : public ::testing::Test {
 
   boost::asio::io_context io_;
   Ring ring_{io_};
-  Poster poster_{io_};
+  Poster poster_{ring_};
   ScriptedTransport transport_{ring_};
   std::vector<std::string> failures_;
   WriteQueue queue_{transport_, poster_,
