@@ -154,7 +154,13 @@ void Ring::cancel(Op& op) {
 void Ring::defer(std::function<void()> f) {
   deferred_.push_back(std::move(f));
   // Driver::self runs it before waiting again; a drain under way runs it at its end.
-  if (driver_ == Driver::self || draining_ || drain_scheduled_) return;
+  if (driver_ == Driver::self || draining_) return;
+  schedule_drain();
+}
+
+// Driver::asio: a drain after the handler running now (and any Asio has queued before it).
+void Ring::schedule_drain() {
+  if (drain_scheduled_) return;
   drain_scheduled_ = true;
   boost::asio::post(io_, [this, alive = std::weak_ptr<bool>(alive_)] {
     if (alive.expired()) return;
@@ -267,15 +273,8 @@ void Ring::drain() {
   run_deferred();
   draining_ = false;
   if (driver_ == Driver::self) return;
-  if (!deferred_.empty() && !drain_scheduled_) {
-    // Deferred work that deferred more (a reader yielding): after Asio's other handlers.
-    drain_scheduled_ = true;
-    boost::asio::post(io_, [this, alive = std::weak_ptr<bool>(alive_)] {
-      if (alive.expired()) return;
-      drain_scheduled_ = false;
-      drain();
-    });
-  }
+  // Deferred work that deferred more (a reader yielding) runs after Asio's other handlers.
+  if (!deferred_.empty()) schedule_drain();
   if (io_uring_sq_ready(&ring_) > 0) submit();
 }
 

@@ -81,6 +81,7 @@ class Ring {
   io_uring_sqe* get_sqe();
   void fail_later(Op& op, int res);
   void schedule_submit();
+  void schedule_drain();
   void submit();
   void submit_failed(int rc);
   void wait_for_completions();

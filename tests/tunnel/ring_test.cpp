@@ -28,6 +28,20 @@ void run_until(boost::asio::io_context& io, const std::function<bool()>& done) {
   }
 }
 
+// n no-ops on ring; each counts itself in completed when it completes with 0.
+std::vector<std::unique_ptr<Op>> prepare_nops(Ring& ring, int n, int& completed) {
+  std::vector<std::unique_ptr<Op>> ops;
+  for (int i = 0; i < n; ++i) {
+    ops.push_back(std::make_unique<Op>());
+    ops.back()->set_handler([&completed](int res, std::uint32_t) {
+      EXPECT_EQ(res, 0);
+      ++completed;
+    });
+    io_uring_prep_nop(ring.prepare(*ops.back()));
+  }
+  return ops;
+}
+
 TEST(Ring, EveryOperationCompletesOnce) {
   boost::asio::io_context io;
   Ring ring(io, 8);
@@ -52,15 +66,7 @@ TEST(Ring, FullSubmissionQueueIsSubmittedNotLost) {
   Ring ring(io, 4);
   constexpr int kOps = 1000;
   int completed = 0;
-  std::vector<std::unique_ptr<Op>> ops;
-  for (int i = 0; i < kOps; ++i) {
-    ops.push_back(std::make_unique<Op>());
-    ops.back()->set_handler([&](int res, std::uint32_t) {
-      EXPECT_EQ(res, 0);
-      ++completed;
-    });
-    io_uring_prep_nop(ring.prepare(*ops.back()));
-  }
+  const auto ops = prepare_nops(ring, kOps, completed);
   run_until(io, [&] { return completed == kOps; });
   EXPECT_EQ(completed, kOps);
   EXPECT_EQ(ring.in_flight(), 0u);
@@ -113,12 +119,7 @@ TEST(Ring, SelfDeferringWorkDoesNotStarveCompletions) {
   };
   ring.defer(yield);
   int completed = 0;
-  std::vector<std::unique_ptr<Op>> ops;
-  for (int i = 0; i < 10; ++i) {
-    ops.push_back(std::make_unique<Op>());
-    ops.back()->set_handler([&](int, std::uint32_t) { ++completed; });
-    io_uring_prep_nop(ring.prepare(*ops.back()));
-  }
+  const auto ops = prepare_nops(ring, 10, completed);
   for (int turn = 0; turn < 100 && completed < 10; ++turn) ring.run_once(10ms);
   EXPECT_EQ(completed, 10);
   EXPECT_LE(yields, 100);  // once per turn, not in a loop of its own
@@ -130,15 +131,7 @@ TEST(Ring, SelfDrivenRingDeliversCompletions) {
   Ring ring(io, 4, Ring::Driver::self);
   constexpr int kOps = 100;  // more than the submission queue holds
   int completed = 0;
-  std::vector<std::unique_ptr<Op>> ops;
-  for (int i = 0; i < kOps; ++i) {
-    ops.push_back(std::make_unique<Op>());
-    ops.back()->set_handler([&](int res, std::uint32_t) {
-      EXPECT_EQ(res, 0);
-      ++completed;
-    });
-    io_uring_prep_nop(ring.prepare(*ops.back()));
-  }
+  const auto ops = prepare_nops(ring, kOps, completed);
   for (int turn = 0; turn < 100 && completed < kOps; ++turn) ring.run_once(10ms);
   EXPECT_EQ(completed, kOps);
   EXPECT_EQ(ring.in_flight(), 0u);
