@@ -31,32 +31,27 @@ constexpr auto kSubmitBackoff = std::chrono::milliseconds(1);
 
 // Driver::self needs two things Asio keeps private: its reactor's epoll descriptor, to poll it
 // from the ring, and its scheduler's note that the reactor is not waiting, to clear it (below).
-// An explicit instantiation may name a private member ([temp.spec.general]/6); each of these
-// hands one member's address to a function. The #error above pins the reactor to epoll.
+// An explicit instantiation may name a private member ([temp.spec.general]/6): each one below
+// defines member(Tag) to return that member's pointer. The #error above pins the reactor to epoll.
 using Reactor = boost::asio::detail::epoll_reactor;
 using Scheduler = boost::asio::detail::scheduler;
 using SchedulerMutex = boost::asio::detail::conditionally_enabled_mutex;
-int Reactor::*epoll_fd_member();
-bool Scheduler::*task_interrupted_member();
-SchedulerMutex Scheduler::*scheduler_mutex_member();
-template <int Reactor::*Member>
-struct ExposeEpollFd {
-  friend int Reactor::*epoll_fd_member() { return Member; }
+template <class Tag, auto Member>
+struct Expose {
+  friend auto member(Tag) { return Member; }
 };
-template struct ExposeEpollFd<&Reactor::epoll_fd_>;
-template <bool Scheduler::*Member>
-struct ExposeTaskInterrupted {
-  friend bool Scheduler::*task_interrupted_member() { return Member; }
-};
-template struct ExposeTaskInterrupted<&Scheduler::task_interrupted_>;
-template <SchedulerMutex Scheduler::*Member>
-struct ExposeSchedulerMutex {
-  friend SchedulerMutex Scheduler::*scheduler_mutex_member() { return Member; }
-};
-template struct ExposeSchedulerMutex<&Scheduler::mutex_>;
+struct EpollFd {};
+struct TaskInterrupted {};
+struct SchedulerLock {};
+auto member(EpollFd);
+auto member(TaskInterrupted);
+auto member(SchedulerLock);
+template struct Expose<EpollFd, &Reactor::epoll_fd_>;
+template struct Expose<TaskInterrupted, &Scheduler::task_interrupted_>;
+template struct Expose<SchedulerLock, &Scheduler::mutex_>;
 
 int asio_epoll_fd(boost::asio::io_context& io) {
-  return boost::asio::use_service<Reactor>(io).*epoll_fd_member();
+  return boost::asio::use_service<Reactor>(io).*member(EpollFd{});
 }
 
 // Asio interrupts its reactor (makes its epoll descriptor readable) when a handler is queued from
@@ -67,8 +62,8 @@ int asio_epoll_fd(boost::asio::io_context& io) {
 // from another thread just before that is not noticed at once: see run_once.)
 void reactor_waits(boost::asio::io_context& io) {
   Scheduler& scheduler = boost::asio::use_service<Scheduler>(io);
-  SchedulerMutex::scoped_lock lock(scheduler.*scheduler_mutex_member());
-  scheduler.*task_interrupted_member() = false;
+  SchedulerMutex::scoped_lock lock(scheduler.*member(SchedulerLock{}));
+  scheduler.*member(TaskInterrupted{}) = false;
 }
 }  // namespace
 
