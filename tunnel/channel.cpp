@@ -156,6 +156,11 @@ int Channel::splice_pipe(std::uint32_t serial, std::size_t n) {
   return s ? s->splice_pipe(n) : -1;
 }
 
+int Channel::splice_pipe_rest(std::uint32_t serial) {
+  Stream* s = streams_.find(serial);
+  return s ? s->splice_pipe_rest() : -1;
+}
+
 void Channel::on_spliced(std::uint32_t serial, std::size_t n) {
   if (Stream* s = streams_.find(serial)) s->on_spliced(n);
   maybe_ack();

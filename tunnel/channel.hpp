@@ -167,6 +167,7 @@ class Channel final : private StreamLink, private FrameSink {
   // Dispatch (FrameSink).
   void on_packet(const PacketHeader& h, std::span<const std::uint8_t> body) override;
   int splice_pipe(std::uint32_t serial, std::size_t n) override;
+  int splice_pipe_rest(std::uint32_t serial) override;
   void on_spliced(std::uint32_t serial, std::size_t n) override;
   void on_read_ended(const Status& why) override;
   void on_malformed(const Error& why) override;

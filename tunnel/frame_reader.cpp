@@ -178,7 +178,7 @@ bool FrameReader::read_spliced() {
       r = transport_->read(std::span(buf_).subspan(end_, steps_.want()));
       break;
     case Kind::splice:
-      pipe = sink_.splice_pipe(serial, steps_.want());
+      pipe = sink_.splice_pipe_rest(serial);
       if (pipe < 0) {
         steps_.abandon_splice();  // the stream went away mid-payload: drop the rest
         return true;

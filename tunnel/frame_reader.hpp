@@ -33,6 +33,10 @@ class FrameSink {
   virtual void on_packet(const PacketHeader& h, std::span<const std::uint8_t> body) = 0;
   // Splice mode: the pipe a STREAM payload of n bytes for serial may be spliced into now, or -1.
   virtual int splice_pipe(std::uint32_t serial, std::size_t n) = 0;
+  // The pipe the rest of a payload goes to once splice_pipe admitted its start, or -1 if its
+  // stream has closed since: an admitted payload arrives whole, whatever splice_pipe would say
+  // of a new one now.
+  virtual int splice_pipe_rest(std::uint32_t serial) = 0;
   virtual void on_spliced(std::uint32_t serial, std::size_t n) = 0;
   // Reading ended with the connection: ok if the peer closed it, else why it failed. Called
   // once (until attach).

@@ -73,6 +73,9 @@ class Stream final : private TxOwner {
   void on_credit(std::uint32_t bytes);
   // Splice receive path: the pipe a payload of n bytes may be spliced into now, or -1.
   int splice_pipe(std::size_t n) const;
+  // The pipe the rest of a payload that splice_pipe admitted goes to (-1 once closed). It fits:
+  // the pipe has only drained since.
+  int splice_pipe_rest() const { return state_ == State::open ? pipe_w_.get() : -1; }
   // The channel spliced n payload bytes into that pipe.
   void on_spliced(std::size_t n);
   // Ends the stream at once. If notify_peer, an ERROR packet tells the peer why.

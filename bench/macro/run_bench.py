@@ -84,6 +84,9 @@ def parse_args():
     p.add_argument("--workdir", help="scratch directory (default /dev/shm/nbdtunnel-bench if it has room)")
     p.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
     p.add_argument("--keep-images", action="store_true")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep every run's directory (its relays' logs, e.g. with --nbdtunnel-args "
+                        "'--log-level debug'), not only a failed run's")
     p.add_argument("--note", action="append", default=[],
                    help="a paragraph put at the top of the results file (repeatable)")
     a = p.parse_args()
@@ -318,7 +321,8 @@ def main():
                     lat = f" p50 {r.extra['p50_us']:.0f} us p99 {r.extra['p99_us']:.0f} us" if r.extra else ""
                     print(f"{k} {tag:9} {t.name:24} {r.mb_s:8.1f} MB/s  relay cpu {cpu}{lat}  verified  [{time.monotonic() - t_run:.1f} s]",
                           flush=True)
-                    shutil.rmtree(rundir, ignore_errors=True)
+                    if not a.keep_logs:
+                        shutil.rmtree(rundir, ignore_errors=True)
                 else:
                     print(f"{k} {tag:9} {t.name:24} FAILED: {r.error} (logs in {rundir})", flush=True)
 

@@ -102,7 +102,8 @@ class ChannelTest : public ::testing::TestWithParam<bool> {
 
   bool peer_sees_eof(std::chrono::milliseconds timeout) { return peer_.sees_eof(timeout); }
 
-  std::uint64_t echo_on_credit(std::size_t size, std::chrono::milliseconds delay);
+  std::uint64_t echo_on_credit(std::size_t size, std::chrono::milliseconds delay,
+                               bool split_payloads = false);
   std::uint64_t credit_over_a_long_link(std::chrono::milliseconds delay, int round_trips,
                                         std::size_t bytes_per_ms = 0);
 
@@ -494,6 +495,23 @@ TEST_P(ChannelTest, GrownWindowKeepsTheBytesInOrder) {
   expect_alive();
 }
 
+// The window grows while a payload is half read (in splice mode: half spliced into the pipe,
+// after which the stream takes new payloads into its ring): the rest of that payload still
+// follows its start, whole.
+TEST_P(ChannelTest, WindowGrowingMidPayloadKeepsThePayloadWhole) {
+  ChannelConfig c;
+  c.max_window = 8 * kMinWindow;
+  open_echo_stream(c);
+  if (HasFatalFailure()) return;
+  const std::uint64_t most = echo_on_credit(4u << 20, 20ms, /*split_payloads=*/true);
+  // (Copy mode reads whole payloads: there the cut only delays them, and the window need not
+  // grow for the echo to be checked.)
+  if (GetParam()) {
+    EXPECT_GT(most, 2 * kMinWindow) << "the window did not grow";
+  }
+  expect_alive();
+}
+
 // The stream closes while its payload is half read (half spliced, in splice mode): the rest of
 // the payload is dropped, the framing stays intact and the channel carries on.
 TEST_P(ChannelTest, StreamClosedMidPayloadHasTheRestDiscarded) {
@@ -536,8 +554,10 @@ TEST_P(ChannelTest, WindowViolationAbortsOnlyThatStream) {
 
 // Sends `size` bytes to the echo stream in packets of many sizes, using each grant of credit
 // only `delay` after it arrives, and grants credit at once for what comes back; checks that the
-// echo is what was sent. Returns the largest credit the channel let us hold at once.
-std::uint64_t ChannelTest::echo_on_credit(std::size_t size, std::chrono::milliseconds delay) {
+// echo is what was sent. Returns the largest credit the channel let us hold at once. With
+// split_payloads, each packet reaches the channel in two writes 1 ms apart, cut mid-payload.
+std::uint64_t ChannelTest::echo_on_credit(std::size_t size, std::chrono::milliseconds delay,
+                                          bool split_payloads) {
   Bytes data(size);
   for (std::size_t i = 0; i < data.size(); ++i)
     data[i] = static_cast<std::uint8_t>(i * 13 + i / 4096);
@@ -548,9 +568,18 @@ std::uint64_t ChannelTest::echo_on_credit(std::size_t size, std::chrono::millise
   while (echoed.size() < data.size()) {
     while (sent < data.size() && window_left > 0) {
       const std::size_t n = std::min({piece, data.size() - sent, std::size_t{window_left}});
-      send(hdr(2, PacketType::stream, 2, PacketStatus::cont),
-           Bytes(data.begin() + static_cast<long>(sent),
-                 data.begin() + static_cast<long>(sent + n)));
+      const Bytes payload(data.begin() + static_cast<long>(sent),
+                          data.begin() + static_cast<long>(sent + n));
+      if (split_payloads && n > 1) {
+        const Bytes packet =
+            make_packet(hdr(2, PacketType::stream, 2, PacketStatus::cont), payload);
+        const auto cut = static_cast<long>(kPrefixSize + n / 2);
+        send_raw(Bytes(packet.begin(), packet.begin() + cut));
+        std::this_thread::sleep_for(1ms);
+        send_raw(Bytes(packet.begin() + cut, packet.end()));
+      } else {
+        send(hdr(2, PacketType::stream, 2, PacketStatus::cont), payload);
+      }
       sent += n;
       window_left -= n;
       piece = piece * 3 % 40009 + 1;  // 1 byte up to ~40 KiB
