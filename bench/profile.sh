@@ -3,7 +3,9 @@
 # bench's W1 (blockdev-mirror of a random image between two qemu-storage-daemons through
 # nbdtunnel dest + source), waits until the copy is under way, samples both relay processes
 # with `perf record -g` for a few seconds, and counts their syscalls and context switches with
-# `perf stat` for as long again. Writes bench/results/PROFILE-<date>-<mode>.txt.
+# `perf stat` for as long again, while /proc/PID/task/*/schedstat tells how each relay thread
+# spent that time: on a CPU, runnable but waiting for one (the CPU is taken, by QEMU or the other
+# relay), or asleep (waiting for its peers). Writes bench/results/PROFILE-<date>-<mode>.txt.
 # --transport naive-relay profiles the calibration relay (bench/tools/naive_relay) the same way
 # instead, for comparison (PROFILE-<date>-naive-relay.txt).
 #
@@ -75,9 +77,23 @@ if [[ -z $pids ]]; then
   exit 1
 fi
 
+# Per thread: comm, ns on a CPU, ns runnable and waiting for one (schedstat's first two fields).
+schedstats() {
+  local p t
+  for p in ${pids//,/ }; do
+    for t in /proc/"$p"/task/*; do
+      printf '%s %s %s %s\n' "$p" "${t##*/}" "$(cat "$t/comm" 2>/dev/null)" \
+        "$(cut -d' ' -f1,2 "$t/schedstat" 2>/dev/null)"
+    done
+  done
+}
 perf record -q -g -o "$work/perf.data" -p "$pids" -- sleep "$seconds" 2>/dev/null
+schedstats >"$work/sched0"
+t0=$(date +%s%N)
 perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "$pids" -- sleep "$seconds" \
   2>"$work/stat.csv"
+t1=$(date +%s%N)
+schedstats >"$work/sched1"
 wait "$bench" || true
 
 # The report pipes end in head, which closes them early: that is not a failure here.
@@ -96,6 +112,31 @@ out="$ROOT/bench/results/PROFILE-$stamp-$label.txt"
   echo
   echo "== syscalls and context switches over ${seconds}s (both relays; perf stat)"
   cat "$work/stat.csv"
+  echo
+  echo "== on-CPU and off-CPU time over the ${seconds}s of perf stat, per relay thread (schedstat)"
+  python3 - "$work/sched0" "$work/sched1" "$((t1 - t0))" <<'PY'
+import sys
+def load(path):
+    rows = {}
+    for line in open(path):
+        f = line.split()
+        if len(f) == 5:
+            rows[(f[0], f[1])] = (f[2], int(f[3]), int(f[4]))
+    return rows
+a, b, wall = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
+print(f"{'pid':>7} {'tid':>7} {'thread':16} {'on CPU':>7} {'runnable':>9} {'asleep':>7}")
+for key in sorted(b):
+    if key not in a:
+        continue
+    comm, run1, wait1 = b[key]
+    _, run0, wait0 = a[key]
+    run, wait = run1 - run0, wait1 - wait0
+    if run + wait < wall // 1000:  # idle helper threads
+        continue
+    asleep = max(0, wall - run - wait)
+    print(f"{key[0]:>7} {key[1]:>7} {comm:16} {100 * run / wall:6.1f}% {100 * wait / wall:8.1f}% "
+          f"{100 * asleep / wall:6.1f}%")
+PY
   echo
   echo "== CPU by thread (the event loop threads of the processes above)"
   perf report -i "$work/perf.data" --no-children --sort pid -g none --stdio 2>/dev/null |

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -78,7 +77,7 @@ void sample(DiskProgress& p, std::uint64_t done, std::uint64_t total,
 class LibvirtRun {
  public:
   LibvirtRun(LibvirtMigrateOptions o, std::unique_ptr<ProgressReporter> report)
-      : o_(std::move(o)), report_(std::move(report)), work_(asio::make_work_guard(io_)) {}
+      : o_(std::move(o)), report_(std::move(report)) {}
   ~LibvirtRun() { stop_io(); }
 
   int run();
@@ -129,10 +128,12 @@ class LibvirtRun {
 
   LibvirtMigrateOptions o_;
   std::unique_ptr<ProgressReporter> report_;
-  asio::io_context io_{1};  // run by io_thread_ only
-  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  // The io thread's loop: the ring waits in io_uring_enter and runs Asio's handlers from there
+  // (Ring::Driver::self, as the daemon's threads do), until io_stopped_.
+  asio::io_context io_{1};
   std::unique_ptr<tunnel::Ring> ring_;
   std::thread io_thread_;
+  bool io_stopped_ = false;  // io thread only
   std::unique_ptr<asio::signal_set> signals_;
 
   std::unique_ptr<DestLink> link_;  // io thread only
@@ -163,7 +164,7 @@ class LibvirtRun {
 };
 
 void LibvirtRun::start_io() {
-  ring_ = std::make_unique<tunnel::Ring>(io_);
+  ring_ = std::make_unique<tunnel::Ring>(io_, 1024, tunnel::Ring::Driver::self);
   signals_ = std::make_unique<asio::signal_set>(io_, SIGINT, SIGTERM);
   signals_->async_wait([this](const boost::system::error_code& ec, int sig) {
     if (ec) return;
@@ -173,7 +174,9 @@ void LibvirtRun::start_io() {
       if (!e2) request_cancel(s2 == SIGINT ? "SIGINT" : "SIGTERM");
     });
   });
-  io_thread_ = std::thread([this] { io_.run(); });
+  io_thread_ = std::thread([this] {
+    while (!io_stopped_) ring_->run_once(200ms);
+  });
 }
 
 void LibvirtRun::stop_io() {
@@ -192,8 +195,7 @@ void LibvirtRun::stop_io() {
     if (idle.get_future().get() || std::chrono::steady_clock::now() > deadline) break;
     std::this_thread::sleep_for(20ms);
   }
-  work_.reset();
-  io_.stop();
+  asio::post(io_, [this] { io_stopped_ = true; });
   io_thread_.join();
 }
 

@@ -825,10 +825,12 @@ std::string new_migration_id() {
 }
 
 int run_migration(MigrateOptions options) {
-  asio::io_context io{1};  // run by this thread only
+  // This thread's loop: the ring waits in io_uring_enter and runs Asio's handlers (QMP, the
+  // control socket, timers, signals) from there (Ring::Driver::self, as the daemon's threads do).
+  asio::io_context io{1};
   std::unique_ptr<tunnel::Ring> ring;
   try {
-    ring = std::make_unique<tunnel::Ring>(io);
+    ring = std::make_unique<tunnel::Ring>(io, 1024, tunnel::Ring::Driver::self);
   } catch (const std::exception& e) {
     spdlog::error("cannot set up io_uring: {}", e.what());
     return kMigrateFailed;
@@ -859,14 +861,14 @@ int run_migration(MigrateOptions options) {
     }
     code = rc;
   });
-  while (!code) io.run_one();
+  while (!code) ring->run_once(200ms);
   signals.cancel();
   // Let the channel and the ring finish their I/O (bounded).
   m.close_channel();
   const auto deadline = std::chrono::steady_clock::now() + 5s;
   while ((!m.channel_done() || ring->in_flight() > 0) &&
          std::chrono::steady_clock::now() < deadline) {
-    io.run_one_for(100ms);
+    ring->run_once(100ms);
   }
   std::fflush(stdout);
   return *code;
