@@ -45,6 +45,12 @@ cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DNBDTUNNEL_TESTS=OFF -DNBDTUNNEL_BENCH=ON -DNBDTUNNEL_WERROR=OFF >/dev/null
 cmake --build "$BUILD" --target nbdtunnel nbd_latency naive_relay -j2
 
+# Every process of that name is sampled: one left from another run would be sampled too (or, on
+# its way out, make perf fail with EINVAL).
+if pgrep -x "$procname" >/dev/null; then
+  echo "profile.sh: $procname is already running (pids $(pgrep -d, -x "$procname")); stop it first" >&2
+  exit 1
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 "$ROOT/bench/macro/run_bench.py" --nbdtunnel "$BUILD/engine/nbdtunnel" \
@@ -124,6 +130,8 @@ def load(path):
             rows[(f[0], f[1])] = (f[2], int(f[3]), int(f[4]))
     return rows
 a, b, wall = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
+if not b:
+    print("(the relays had exited before the window ended: the copy was too short; use a larger --size)")
 print(f"{'pid':>7} {'tid':>7} {'thread':16} {'on CPU':>7} {'runnable':>9} {'asleep':>7}")
 for key in sorted(b):
     if key not in a:
