@@ -496,8 +496,8 @@ TEST_P(ChannelTest, GrownWindowKeepsTheBytesInOrder) {
 }
 
 // The window grows while a payload is half read (in splice mode: half spliced into the pipe,
-// after which the stream takes new payloads into its ring): the rest of that payload still
-// follows its start, whole.
+// while what comes next may go to the stream's ring): the rest of that payload still follows
+// its start, whole.
 TEST_P(ChannelTest, WindowGrowingMidPayloadKeepsThePayloadWhole) {
   ChannelConfig c;
   c.max_window = 8 * kMinWindow;
