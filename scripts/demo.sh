@@ -63,9 +63,10 @@ WORK="$(mktemp -d /tmp/nbdtunnel-demo-XXXXXX)"
 PIDS=()
 cleanup() {
   local status=$?
-  # QEMUs libvirtd started (they are not its children and would outlive it).
+  # QEMUs libvirtd started (they are not its children and would outlive it). driver.pid there
+  # is libvirtd's own lock file: libvirtd gets a SIGTERM below, like every child of this script.
   for pidfile in "$WORK"/*/run/libvirt/qemu/*.pid; do
-    [[ -f "$pidfile" ]] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    [[ -f "$pidfile" && ${pidfile##*/} != driver.pid ]] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
